@@ -1,0 +1,50 @@
+"""The event stream: one JSON object per line, prefixed ``CLUSTERCTL ``.
+
+Written by first boot, the installer and the agent (on the serial console and in
+the journal); read by tests and people. A serial console may put escape
+sequences before the prefix, so readers look for ``CLUSTERCTL {`` anywhere.
+This module must run under Debian's python3 inside images: standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+PREFIX = "CLUSTERCTL "
+_MARK = PREFIX + "{"
+
+
+def format_event(event: str, **fields: Any) -> str:
+    """One event as its console line (without the newline)."""
+    return PREFIX + json.dumps({"event": event, **fields}, sort_keys=False, separators=(", ", ": "))
+
+
+def emit(event: str, stream: TextIO | None = None, **fields: Any) -> dict[str, Any]:
+    """Write one event line and flush, so a console reader sees it at once."""
+    line = format_event(event, **fields)
+    out = stream if stream is not None else sys.stdout
+    out.write(line + "\n")
+    out.flush()
+    return {"event": event, **fields}
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """The event on a console line, or None when the line carries none (or a torn one)."""
+    start = line.find(_MARK)
+    if start < 0:
+        return None
+    text = line[start + len(PREFIX):].strip()
+    # A bootloader or getty may append escape sequences after the object: cut at the
+    # last closing brace and let the JSON parser judge the rest.
+    end = text.rfind("}")
+    if end < 0:
+        return None
+    try:
+        value = json.loads(text[: end + 1])
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("event"), str):
+        return None
+    return value
