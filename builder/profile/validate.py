@@ -1,0 +1,126 @@
+"""Checks that need the whole profile: references, addresses, images, distinguishability.
+
+The field table (fields.py) checks each value on its own; what is here relates values to one
+another. Every finding is located and collected, never raised one at a time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from builder.profile.errors import Diagnostics, Mark, did_you_mean
+from builder.profile.types import INVALID, CheckContext
+
+FIRST_HOST_OFFSET = 10  # hosts get .11, .12, ... of the LAN unless an address is given
+
+
+def check_references(ctx: CheckContext, data: dict[str, Any], boards: set[str]) -> None:
+    known = {
+        "roles": set(data.get("roles") or ()),
+        "oses": set(data.get("oses") or ()),
+        "hosts": set(data.get("hosts") or ()),
+        "boards": boards,
+    }
+    singular = {"roles": "role", "oses": "OS", "hosts": "host", "boards": "board"}
+    for ref in ctx.refs:
+        names = known[ref.section]
+        if ref.name not in names:
+            where = " in hardware/boards/" if ref.section == "boards" else ""
+            ctx.error(ref.mark, ref.path,
+                      f'no {singular[ref.section]} "{ref.name}"{where}{did_you_mean(ref.name, names)}')
+
+
+def assign_addresses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    """Give each host without an address the next free one of the LAN, in profile order."""
+    lan = (data.get("cluster") or {}).get("network", {}).get("lan", "dhcp")
+    hosts = data.get("hosts") or {}
+    if lan in ("dhcp", INVALID):
+        return
+    net = ipaddress.ip_network(lan)
+    taken: dict[str, str] = {}
+    for name, host in hosts.items():
+        addr = host.get("address") if isinstance(host, dict) else None
+        if addr is None or addr is INVALID:
+            continue
+        if ipaddress.ip_address(addr) not in net:
+            ctx.error(marks[name], f"hosts.{name}.address", f"{addr} is outside cluster.network.lan {lan}")
+        elif addr in taken:
+            ctx.error(marks[name], f"hosts.{name}.address", f"{addr} is already the address of {taken[addr]}")
+        taken[addr] = name
+    free = (str(a) for i, a in enumerate(net.hosts()) if i >= FIRST_HOST_OFFSET and str(a) not in taken)
+    for name, host in hosts.items():
+        if isinstance(host, dict) and host.get("address") is None:
+            nxt = next(free, None)
+            if nxt is None:
+                ctx.error(marks[name], f"hosts.{name}", f"cluster.network.lan {lan} has no free address left")
+                return
+            host["address"] = nxt
+
+
+def check_images(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark], distinguish: bool) -> None:
+    images = data.get("images") or {}
+    hosts = data.get("hosts") or {}
+    for name, image in images.items():
+        if not isinstance(image, dict) or image is INVALID:
+            continue
+        kind = image.get("type")
+        if kind == "usb-installer" and "hosts" not in image:
+            ctx.error(marks[name], f"images.{name}", 'missing "hosts": the hosts this stick installs')
+        if kind in ("disk", "cloud") and "host" not in image:
+            ctx.error(marks[name], f"images.{name}", f'missing "host": the host of this {kind} image')
+        if distinguish and kind == "usb-installer" and isinstance(image.get("hosts"), list):
+            members = [h for h in image["hosts"] if isinstance(h, str) and isinstance(hosts.get(h), dict)]
+            check_distinguishable(ctx, data, members, marks[name], f"images.{name}.hosts")
+
+
+def check_distinguishable(ctx: CheckContext, data: dict[str, Any], members: list[str], mark: Mark,
+                          path: str) -> None:
+    """Hosts on one universal stick must be told apart by their selectors or pins."""
+    if len(members) < 2:
+        return
+    from hardware.match import indistinguishable_hosts
+
+    for a, b in indistinguishable_hosts(data, members):
+        ctx.error(mark, path, f'hosts "{a}" and "{b}" could never be told apart at first boot: give one '
+                  "of them a more specific match (chassis, disks, display ...) or a pin (serial, mac)")
+
+
+def check_roles(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    oses = data.get("oses") or {}
+    for name, role in (data.get("roles") or {}).items():
+        if not isinstance(role, dict) or not isinstance(role.get("os"), list):
+            continue
+        systems = [o for o in role["os"] if isinstance(oses.get(o), dict) and oses[o].get("kind") == "system"]
+        if role["os"] and not systems:
+            ctx.error(marks[name], f"roles.{name}.os", "needs at least one OS of kind system to install")
+
+
+def check_oses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    for name, os_ in (data.get("oses") or {}).items():
+        if isinstance(os_, dict) and os_.get("kind") == "iso" and "path" not in os_:
+            ctx.error(marks[name], f"oses.{name}", 'missing "path": the ISO file this entry boots')
+
+
+def section_marks(raw: Any, section: str, fallback: Mark) -> dict[str, Mark]:
+    """Where each entry of a section was declared, for messages about whole entries."""
+    from builder.profile.yamlsource import mark_of_key
+
+    sec = raw.get(section) if isinstance(raw, dict) else None
+    if not isinstance(sec, dict):
+        return {}
+    return {k: mark_of_key(sec, k, fallback) for k in sec}
+
+
+def check_whole(ctx: CheckContext, raw: Any, data: dict[str, Any], boards: set[str], fallback: Mark) -> None:
+    check_references(ctx, data, boards)
+    marks = {s: section_marks(raw, s, fallback) for s in ("oses", "roles", "hosts", "images")}
+    check_oses(ctx, data, marks["oses"])
+    check_roles(ctx, data, marks["roles"])
+    assign_addresses(ctx, data, marks["hosts"])
+    # Distinguishability needs every reference to be sound; judge it only then.
+    check_images(ctx, data, marks["images"], distinguish=not ctx.diag)
+
+
+def new_context() -> CheckContext:
+    return CheckContext(Diagnostics())
