@@ -8,9 +8,9 @@ docs describe it.
 from __future__ import annotations
 
 import ipaddress
-from abc import ABC, abstractmethod
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +113,7 @@ NAME_PATTERN = r"[a-z][a-z0-9-]{0,62}"
 NAME_DOC = "a name of lower-case letters, digits and '-', starting with a letter (a hostname label)"
 
 
-def Name() -> Str:  # noqa: N802 - reads as a kind in the table
+def Name() -> Str:
     return Str(NAME_PATTERN, NAME_DOC, 63)
 
 
