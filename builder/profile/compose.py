@@ -47,9 +47,14 @@ def _item_marks(seq: list[Any]) -> list[Mark]:
     return [fallback] * len(seq)
 
 
-def load_composed(path: str, diag: Diagnostics, chain: tuple[str, ...] = ()) -> Any:
-    """A profile file with its includes merged in (includes first, in order, then the file)."""
+def load_composed(path: str, diag: Diagnostics, chain: tuple[str, ...] = (), read: list[str] | None = None) -> Any:
+    """A profile file with its includes merged in (includes first, in order, then the file).
+
+    Every file read is appended to ``read`` (for cache keys).
+    """
     real = os.path.realpath(path)
+    if read is not None:
+        read.append(os.path.abspath(path))
     data = load_yaml_file(path, diag)
     if data is None:
         return None
@@ -90,7 +95,7 @@ def load_composed(path: str, diag: Diagnostics, chain: tuple[str, ...] = ()) -> 
         if not os.path.isfile(target):
             diag.add(imark, f'include[{i}]: "{inc}" does not exist (looked for {target})')
             continue
-        sub = load_composed(target, diag, (*chain, real))
+        sub = load_composed(target, diag, (*chain, real), read)
         if sub is not None:
             result = merge(result, sub)
     return merge(result, own)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, order=True)
-class Mark:
-    """A place in a source file (1-based line and column, as editors count)."""
+class Mark(NamedTuple):
+    """A place in a source file (1-based line and column, as editors count).
+
+    A named tuple, not a dataclass: a large profile makes millions of them.
+    """
 
     file: str
     line: int = 0

@@ -181,7 +181,10 @@ class Int(Kind):
         return "a whole number"
 
 
-SIZE_DOC = "a size such as `8GiB`, `500G`, `1.5TB` or a number of bytes (K/M/G/T are powers of 1000, KiB/MiB/GiB/TiB of 1024)"
+SIZE_DOC = (
+    "a size such as `8GiB`, `500G`, `1.5TB` or a number of bytes "
+    "(K/M/G/T are powers of 1000, KiB/MiB/GiB/TiB of 1024)"
+)
 SIZE_PATTERN = r"[0-9]+(\.[0-9]+)?\s*([KMGTP]i?B?|B)?"
 
 

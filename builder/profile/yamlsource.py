@@ -65,7 +65,7 @@ class MSeq(list):
 
 def mark_of_key(container: Any, key: Any, fallback: Mark) -> Mark:
     """Where ``container[key]`` was written, as well as is known."""
-    if isinstance(container, MMap):
+    if type(container) is MMap:  # the hot path: every key of a large profile comes here
         return container.key_marks.get(key, container.mark)
     if isinstance(container, MSeq) and isinstance(key, int) and 0 <= key < len(container.item_marks):
         return container.item_marks[key]
@@ -76,10 +76,11 @@ class YamlRefused(Exception):
     """The document cannot be read safely; the diagnostics say why and where."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Frame:
-    value: MMap | MSeq
+    value: Any  # MMap | MSeq
     anchor: str | None
+    is_map: bool
     nodes: int = 1
     pending_key: str | None = None
     pending_key_mark: Mark | None = None
@@ -90,6 +91,7 @@ class _Builder:
         self.filename = filename
         self.diag = diagnostics
         self.resolver = Resolver()
+        self.implicit_firsts = {c for c in self.resolver.yaml_implicit_resolvers if c is not None}
         self.constructor = SafeConstructor()
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.own_nodes = 0
@@ -111,8 +113,11 @@ class _Builder:
             raise self.refuse(ev, f"YAML tag {tag!r} is not allowed: a profile holds plain data only")
 
     def scalar(self, ev: yaml.ScalarEvent) -> Any:
+        value = ev.value
+        if ev.tag is None and ev.implicit[0] and value and value[0] not in self.implicit_firsts:
+            return value  # plain text that no implicit type claims: skip the resolver's regexes
         self.check_tag(ev)
-        tag = ev.tag if ev.tag not in (None, "!") else self.resolver.resolve(ScalarNode, ev.value, ev.implicit)
+        tag = ev.tag if ev.tag not in (None, "!") else self.resolver.resolve(ScalarNode, value, ev.implicit)
         if tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
             return ev.value  # dates stay text: nothing in a profile is a date
         ctor = self.constructor.yaml_constructors.get(tag)
@@ -124,65 +129,63 @@ class _Builder:
             return ev.value
 
     def build(self, events: Any) -> Any:
+        # Hot loop: a 200,000-host profile is millions of events, so dispatch on exact types
+        # with the most frequent (scalars) first, and make marks only where they are kept.
         stack: list[_Frame] = []
         root: Any = None
         have_root = False
+        filename = self.filename
         for ev in events:
-            if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+            t = type(ev)
+            if t is yaml.ScalarEvent:
+                self.own_nodes += 1
+                parent = stack[-1] if stack else None
+                if parent is not None and parent.is_map and parent.pending_key is None:
+                    key = ev.value
+                    if ev.tag is not None:
+                        self.check_tag(ev)
+                    m = ev.start_mark
+                    kmark = Mark(filename, m.line + 1, m.column + 1)
+                    if key == "<<":
+                        raise self.refuse(ev, "YAML merge keys (<<) are not supported: use 'extends' or 'include'")
+                    if key in parent.value:
+                        first = parent.value.key_marks[key]
+                        self.diag.add(kmark, f'duplicate key "{key}" (first at line {first.line}); '
+                                      "YAML would silently keep only the last one")
+                    parent.pending_key, parent.pending_key_mark = key, kmark
+                    continue
+                value, nodes = self.scalar(ev), 1
+                if ev.anchor is not None:
+                    self.anchors[ev.anchor] = (value, 1)
+            elif t is yaml.MappingStartEvent or t is yaml.SequenceStartEvent:
+                if ev.tag is not None:
+                    self.check_tag(ev)
+                if len(stack) >= MAX_DEPTH:
+                    raise self.refuse(ev, f"nesting deeper than {MAX_DEPTH} levels")
+                if stack and stack[-1].is_map and stack[-1].pending_key is None:
+                    raise self.refuse(ev, "a mapping key must be a plain scalar, not a list or mapping")
+                self.own_nodes += 1
+                is_map = t is yaml.MappingStartEvent
+                container: MMap | MSeq = MMap(self.mark(ev)) if is_map else MSeq(self.mark(ev))
+                stack.append(_Frame(container, ev.anchor, is_map))
                 continue
-            if isinstance(ev, yaml.DocumentStartEvent):
-                if have_root:
-                    raise self.refuse(ev, "a profile is one YAML document; found a second one (---)")
-                continue
-            if isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            elif t is yaml.MappingEndEvent or t is yaml.SequenceEndEvent:
                 frame = stack.pop()
                 if frame.anchor is not None:
                     self.anchors[frame.anchor] = (frame.value, frame.nodes)
-                value, nodes, mark = frame.value, frame.nodes, frame.value.mark
-            elif isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                self.check_tag(ev)
-                if len(stack) >= MAX_DEPTH:
-                    raise self.refuse(ev, f"nesting deeper than {MAX_DEPTH} levels")
-                if stack and isinstance(stack[-1].value, MMap) and stack[-1].pending_key is None:
-                    raise self.refuse(ev, "a mapping key must be a plain scalar, not a list or mapping")
-                self.own_nodes += 1
-                container: MMap | MSeq = (
-                    MMap(self.mark(ev)) if isinstance(ev, yaml.MappingStartEvent) else MSeq(self.mark(ev))
-                )
-                stack.append(_Frame(container, ev.anchor))
-                continue
-            elif isinstance(ev, yaml.AliasEvent):
+                value, nodes = frame.value, frame.nodes
+            elif t is yaml.AliasEvent:
                 if ev.anchor not in self.anchors:
                     raise self.refuse(ev, f"alias *{ev.anchor} refers to no finished anchor")
                 value, nodes = self.anchors[ev.anchor]
                 self.alias_nodes += nodes
                 if self.alias_nodes > self.own_nodes + ALIAS_NODE_ALLOWANCE:
-                    raise self.refuse(
-                        ev, "aliases expand to far more data than the file holds (an alias bomb?); refused"
-                    )
-                mark = self.mark(ev)
-            elif isinstance(ev, yaml.ScalarEvent):
-                self.own_nodes += 1
-                mark = self.mark(ev)
-                parent = stack[-1] if stack else None
-                if isinstance(parent, _Frame) and isinstance(parent.value, MMap) and parent.pending_key is None:
-                    self.check_tag(ev)
-                    key = ev.value
-                    if key == "<<":
-                        raise self.refuse(ev, "YAML merge keys (<<) are not supported: use 'extends' or 'include'")
-                    if key in parent.value:
-                        first = parent.value.key_marks[key]
-                        self.diag.add(
-                            mark,
-                            f'duplicate key "{key}" (first at line {first.line}); '
-                            "YAML would silently keep only the last one",
-                        )
-                    parent.pending_key, parent.pending_key_mark = key, mark
-                    continue
-                value, nodes = self.scalar(ev), 1
-                if ev.anchor is not None:
-                    self.anchors[ev.anchor] = (value, 1)
-            else:  # pragma: no cover - libyaml emits no other events
+                    raise self.refuse(ev, "aliases expand to far more data than the file holds (an alias bomb?); refused")
+            elif t is yaml.DocumentStartEvent:
+                if have_root:
+                    raise self.refuse(ev, "a profile is one YAML document; found a second one (---)")
+                continue
+            else:  # stream start/end, document end
                 continue
 
             if not stack:
@@ -190,15 +193,14 @@ class _Builder:
                 continue
             parent = stack[-1]
             parent.nodes += nodes
-            if isinstance(parent.value, MMap):
-                key, kmark = parent.pending_key, parent.pending_key_mark
-                assert key is not None and kmark is not None
+            if parent.is_map:
+                key = parent.pending_key
                 parent.value[key] = value
-                parent.value.key_marks[key] = kmark
+                parent.value.key_marks[key] = parent.pending_key_mark
                 parent.pending_key = None
             else:
                 parent.value.append(value)
-                parent.value.item_marks.append(mark)
+                parent.value.item_marks.append(self.mark(ev))
         return root
 
 
@@ -238,8 +240,12 @@ def parse_yaml(text: str, filename: str, diagnostics: Diagnostics) -> Any:
     loader = _Loader(text)
 
     def events() -> Any:
-        while loader.check_event():
-            yield loader.get_event()
+        get = loader.get_event
+        while True:
+            ev = get()
+            yield ev
+            if type(ev) is yaml.StreamEndEvent:
+                return
 
     try:
         return builder.build(events())
