@@ -51,6 +51,8 @@ def _default_text(f: Field) -> str:
         return f"`{str(f.default).lower()}`"
     if f.default in ([], {}):
         return "empty"
+    if isinstance(f.default, dict):
+        return "as below"
     return f"`{f.default}`"
 
 

@@ -371,7 +371,7 @@ class ListOf(Kind):
 
     def describe(self) -> str:
         lone = " (or a single one)" if self.single_ok else ""
-        return f"a list of {self.item.describe()}{lone}"
+        return f"a list, each {self.item.describe()}{lone}"
 
 
 @dataclass
