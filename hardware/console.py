@@ -1,0 +1,102 @@
+"""A guest's serial console, read live: raw bytes to a log file, lines kept, events parsed.
+
+A reader thread owns the socket's receiving side; tests wait on a condition until an
+event they expect arrives, the console closes (QEMU exited), or a deadline passes.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.events import parse_line
+
+Event = dict[str, Any]
+
+
+class Console:
+    def __init__(self, sock: socket.socket, log_path: Path, started: float, keep_lines: int = 400) -> None:
+        self._sock = sock
+        self.log_path = log_path
+        self.started = started
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.events: list[Event] = []
+        self.times: list[float] = []  # seconds since start, one per event
+        self.closed = False
+        self._partial = b""
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"console:{log_path.parent.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self.log_path.open("ab") as log:
+            while True:
+                try:
+                    chunk = self._sock.recv(65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                self._feed(chunk)
+        with self._cond:
+            if self._partial:
+                self._line(self._partial)
+                self._partial = b""
+            self.closed = True
+            self._cond.notify_all()
+
+    def _feed(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        with self._cond:
+            for raw in complete:
+                self._line(raw)
+            if complete:
+                self._cond.notify_all()
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").replace("\r", "")
+        self.lines.append(text)
+        event = parse_line(text)
+        if event is not None:
+            self.events.append(event)
+            self.times.append(time.monotonic() - self.started)
+
+    def wait(self, check: Callable[[], Any], timeout: float) -> Any:
+        """Block until ``check()`` is truthy (returned), the console closes, or the timeout passes (None)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                result = check()
+                if result or self.closed:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(min(left, 0.5))
+
+    def send(self, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        self._sock.sendall(data)
+
+    def tail(self, n: int = 40) -> list[str]:
+        with self._cond:
+            lines = list(self.lines)
+            if self._partial:  # a prompt or a line still being written
+                lines.append(self._partial.decode("utf-8", "replace").replace("\r", ""))
+            return lines[-n:]
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,318 @@
+"""The machine driver: one QEMU process imitating one board, watched through its serial console.
+
+    m = Machine(board, workdir, boot_image=image, as_usb=True)
+    m.start()
+    m.wait_for("ready", timeout=600)          # or a dict of fields, or a predicate on the event
+    m.power_off(); m.reset(); m.kill(); m.set_link(0, up=False); m.send_serial("ls\\n")
+
+Events are read live from the console (``CLUSTERCTL {...}`` lines) in arrival order; each
+``wait_for`` consumes events up to the one it matched, so waiting twice for ``ready`` waits
+for a second one. Failures raise :class:`MachineError` whose text carries the last console
+lines and the events seen, which is what a person needs to see why a boot went wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hardware.board import Board, Disk
+from hardware.console import Console, Event
+from hardware.qemu_cmd import STICK_ID, MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
+from hardware.qmp import QMP, QMPError
+
+if TYPE_CHECKING:
+    from hardware.lan import Lan
+
+__all__ = ["Machine", "MachineError", "MachineExited", "MachineSetupError", "MachineTimeout"]
+
+Match = str | dict[str, Any] | Callable[[Event], bool]
+TAIL_LINES = 40
+_SOCK_PATH_MAX = 100  # sun_path holds 108 bytes
+
+
+class MachineError(RuntimeError):
+    """A machine did not do what a test waited for; the text explains with console and events."""
+
+
+class MachineTimeout(MachineError):
+    pass
+
+
+class MachineExited(MachineError):
+    """QEMU ended (guest power-off, crash, or a kill) before what was awaited happened."""
+
+
+def _matcher(match: Match) -> Callable[[Event], bool]:
+    if callable(match):
+        return match
+    if isinstance(match, str):
+        return lambda e: e.get("event") == match
+    wanted = dict(match)
+    return lambda e: all(e.get(k) == v for k, v in wanted.items())
+
+
+def _describe(match: Match) -> str:
+    if isinstance(match, str):
+        return f"event {match!r}"
+    if isinstance(match, dict):
+        return f"event matching {json.dumps(match)}"
+    return f"event matching {getattr(match, '__name__', 'a predicate')}"
+
+
+class Machine:
+    def __init__(
+        self,
+        board: Board,
+        workdir: str | os.PathLike[str],
+        *,
+        boot_image: str | os.PathLike[str] | None = None,
+        as_usb: bool = True,
+        kernel: str | os.PathLike[str] | None = None,
+        initrd: str | os.PathLike[str] | None = None,
+        append: str = "",
+        extra_disks: Sequence[Disk] = (),
+        macs: Sequence[str] | None = None,
+        dmi_serial: str | None = None,
+        lan: Lan | Sequence[Lan | None] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or board.name
+        self.workdir = Path(workdir).resolve()
+        lans: list[Lan | None] = [] if lan is None else (list(lan) if isinstance(lan, Sequence) else [lan])
+        self.config = MachineConfig(
+            board=board,
+            boot_image=Path(boot_image) if boot_image is not None else None,
+            as_usb=as_usb,
+            kernel=Path(kernel) if kernel is not None else None,
+            initrd=Path(initrd) if initrd is not None else None,
+            append=append,
+            extra_disks=list(extra_disks),
+            macs=list(macs) if macs is not None else None,
+            dmi_serial=dmi_serial,
+            netdevs=[x.netdev() if x is not None else "hubport,hubid=99" for x in lans] if lans else None,
+        )
+        self._own_sockdir = len(str(self.workdir / "serial.sock")) > _SOCK_PATH_MAX
+        sockdir = Path(tempfile.mkdtemp(prefix="clusterctl-qemu-")) if self._own_sockdir else self.workdir
+        self.paths = MachinePaths(self.workdir, sockdir)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.console: Console | None = None
+        self._qmp: QMP | None = None
+        self._cursor = 0
+        self.started_at = 0.0
+
+    @property
+    def board(self) -> Board:
+        return self.config.board
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        prepare_files(self.config, self.paths)
+        return build_command(self.config, self.paths)
+
+    def start(self, timeout: float = 30.0) -> Machine:
+        """Power on. Disks already in the work dir are kept, so a second start boots what was installed."""
+        if self.running:
+            raise MachineError(f"machine {self.name} is already running")
+        self._disconnect()
+        for sock in (self.paths.serial_sock, self.paths.qmp_sock):
+            sock.unlink(missing_ok=True)
+        argv = self.command()
+        (self.workdir / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
+        with (self.workdir / "qemu.log").open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.started_at = time.monotonic()
+        self._cursor = 0
+        try:
+            sock = self._connect_serial(timeout)
+            self.console = Console(sock, self.paths.console_log, self.started_at)
+            self._qmp = QMP(self.paths.qmp_sock, timeout=timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _connect_serial(self, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise MachineSetupError(f"QEMU exited at once (status {self.proc.returncode}):\n{self._qemu_log()}")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.paths.serial_sock))
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise MachineSetupError(f"QEMU's serial socket did not appear:\n{self._qemu_log()}") from None
+                time.sleep(0.05)
+
+    def _qemu_log(self) -> str:
+        try:
+            return (self.workdir / "qemu.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def _disconnect(self) -> None:
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self.console is not None:
+            self.console.close()
+
+    def close(self) -> None:
+        """Stop the machine if it runs (QMP quit, else SIGKILL) and release sockets. Disks stay."""
+        if self.running:
+            try:
+                self.quit()
+            except (MachineError, QMPError, OSError):
+                self.kill()
+        self._disconnect()
+        if self._own_sockdir:
+            shutil.rmtree(self.paths.sockdir, ignore_errors=True)
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- power ------------------------------------------------------------------------------
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        if self._qmp is None or not self.running:
+            raise MachineError(f"machine {self.name} is not running")
+        return self._qmp.execute(command, **arguments)
+
+    def power_off(self, timeout: float = 60.0) -> bool:
+        """Press the power button (ACPI); True if the guest shut down in time, else QEMU is quit."""
+        self.qmp("system_powerdown")
+        try:
+            self.wait_exit(timeout)
+            return True
+        except MachineTimeout:
+            self.quit()
+            return False
+
+    def reset(self) -> None:
+        """The reset button: the guest reboots at once, without shutting down."""
+        self.qmp("system_reset")
+
+    def quit(self, timeout: float = 10.0) -> None:
+        """Stop QEMU in an orderly way (disk caches flushed); the guest gets no warning."""
+        try:
+            self.qmp("quit")
+        except QMPError:
+            pass  # QEMU may close the socket before it answers
+        self._reap(timeout)
+
+    def kill(self) -> None:
+        """A power cut: SIGKILL to QEMU, nothing flushed."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self._reap(10.0)
+
+    def _reap(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.console is not None:
+            self.console.wait(lambda: False, 5.0)  # let the reader drain to EOF
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for QEMU to end (the guest powered off); its exit status."""
+        if self.proc is None:
+            raise MachineError(f"machine {self.name} was never started")
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise MachineTimeout(self.explain(f"machine did not power off within {timeout:.0f} s")) from None
+        if self.console is not None:
+            self.console.wait(lambda: False, 5.0)
+        return code
+
+    # --- devices ----------------------------------------------------------------------------
+
+    def set_link(self, nic: int = 0, up: bool = True) -> None:
+        """Plug (up) or pull (down) the cable of one NIC."""
+        self.qmp("set_link", name=f"nic{nic}", up=up)
+
+    def unplug_stick(self) -> None:
+        """Pull the USB stick out (hot-unplug)."""
+        self.qmp("device_del", id=STICK_ID)
+
+    def send_serial(self, text: str | bytes) -> None:
+        """Type on the serial console."""
+        if self.console is None or self.console.closed:
+            raise MachineError(f"machine {self.name} has no open console")
+        self.console.send(text)
+
+    # --- events -----------------------------------------------------------------------------
+
+    @property
+    def events(self) -> list[Event]:
+        return list(self.console.events) if self.console is not None else []
+
+    def timeline(self) -> list[tuple[float, Event]]:
+        """(seconds since power-on, event) for every event of this run."""
+        if self.console is None:
+            return []
+        return list(zip(self.console.times, self.console.events, strict=True))
+
+    def wait_for(self, match: Match, timeout: float = 300.0) -> Event:
+        """The next event (after the last one matched) that matches; raises on timeout or exit."""
+        if self.console is None:
+            raise MachineError(f"machine {self.name} was never started")
+        console = self.console
+        test = _matcher(match)
+
+        def find() -> int | None:
+            for i in range(self._cursor, len(console.events)):
+                if test(console.events[i]):
+                    return i + 1  # never 0, so a match is always truthy
+            return None
+
+        found = console.wait(find, timeout)
+        if found:
+            self._cursor = found
+            return console.events[found - 1]
+        if console.closed or not self.running:
+            code = self.proc.wait(10) if self.proc is not None else None
+            raise MachineExited(self.explain(f"QEMU ended (status {code}) before {_describe(match)}"))
+        raise MachineTimeout(self.explain(f"no {_describe(match)} within {timeout:.0f} s"))
+
+    def explain(self, what: str) -> str:
+        elapsed = time.monotonic() - self.started_at if self.started_at else 0.0
+        lines = [f"machine {self.name} (board {self.board.name}, {self.board.firmware}): {what} "
+                 f"[{elapsed:.1f} s after power-on]"]  # fmt: skip
+        events = self.events
+        lines.append(f"events seen ({len(events)}):" if events else "events seen: none")
+        lines += [f"  {json.dumps(e)}" for e in events[-20:]]
+        tail = self.console.tail(TAIL_LINES) if self.console is not None else []
+        lines.append(f"last {len(tail)} console lines ({self.paths.console_log}):")
+        lines += [f"  | {line}" for line in tail]
+        return "\n".join(lines)

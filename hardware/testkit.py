@@ -1,0 +1,378 @@
+"""A fast real boot fixture for the machine driver: Debian's kernel plus a busybox initramfs.
+
+It needs no image builder. ``apt-get download`` fetches Debian's kernel and busybox-static
+into a cache; the initramfs holds busybox, the storage and NIC driver modules (with their
+dependencies, read from each module's ``.modinfo``) and an ``/init`` that reports, as
+``CLUSTERCTL`` events, what the emulated hardware really shows a Linux guest: DMI strings and
+chassis type, disks with model/serial/rotational, NIC MACs, a display, the firmware kind.
+
+Kernel command line switches (``testkit.*``): ``host=``/``role=`` are echoed in ``ready``;
+``ip=ADDR/LEN`` configures eth0 and reports ``net``; ``hold=1`` keeps a shell on the console
+after ``ready`` (type ``ev NAME key=value key:=json`` to emit an event); otherwise the guest
+powers off after ``ready``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import os
+import re
+import struct
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clusterctl" / "testkit"
+KERNEL_META = "linux-image-amd64"
+BUSYBOX = "busybox-static"
+
+# Drivers for every disk bus and NIC model a board can have; dependencies are added from .modinfo.
+MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_net", "nvme", "ahci", "sd_mod", "xhci_pci", "usb_storage",
+    "e1000", "e1000e", "8139too", "sdhci_pci", "mmc_block",
+)  # fmt: skip
+MODULE_PARAMS = {"usb_storage": "delay_use=0"}  # a USB disk is usable at once, not after 1 s
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+arg() { sed -n "s/.*testkit\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+ev started uptime:="$(cut -d' ' -f1 /proc/uptime)"
+while read -r mod params; do insmod "/lib/modules/$mod.ko" $params || echo "testkit: insmod $mod failed"; done < /lib/modules/order
+# No udev here: wait until the set of block devices has stopped changing (USB enumerates late).
+last=""; same=0; n=0
+while [ $same -lt 6 ] && [ $n -lt 100 ]; do
+  now="$(ls /sys/block)"; if [ "$now" = "$last" ]; then same=$((same+1)); else same=0; last="$now"; fi
+  sleep 0.25; n=$((n+1))
+done
+js() { printf '"%s"' "$(printf '%s' "$1" | sed 's/^ *//; s/ *$//; s/\\/\\\\/g; s/"/\\"/g' | tr -d '\000-\037')"; }
+rd() { [ -r "$1" ] && cat "$1" 2>/dev/null; }
+# ATA IDENTIFY (VPD page 89h, from byte 60): model is words 27-46, each word's bytes swapped.
+ata_model() { dd if="$1" bs=2 skip=57 count=20 conv=swab 2>/dev/null; }
+vpd_serial() { dd if="$1" bs=1 skip=4 2>/dev/null; }
+disks=""
+for path in /sys/block/*; do
+  d="${path##*/}"; [ -e "$path/device" ] || continue
+  case "$d" in mmcblk*boot*|mmcblk*rpmb) continue;; esac
+  model=""; serial=""
+  case "$d" in
+    nvme*) model="$(rd $path/device/model)"; serial="$(rd $path/device/serial)";;
+    vd*) serial="$(rd $path/serial)";;
+    mmcblk*) model="$(rd $path/device/name)"; serial="$(rd $path/device/serial)";;
+    sd*) if [ "$(rd $path/device/vendor | tr -d ' ')" = "ATA" ] && [ -r $path/device/vpd_pg89 ]; then
+           model="$(ata_model $path/device/vpd_pg89)"
+         else model="$(rd $path/device/model)"; fi
+         [ -r $path/device/vpd_pg80 ] && serial="$(vpd_serial $path/device/vpd_pg80)";;
+  esac
+  rot=false; [ "$(rd $path/queue/rotational)" = 1 ] && rot=true
+  rem=false; [ "$(rd $path/removable)" = 1 ] && rem=true
+  size=$(( $(rd $path/size) * 512 ))
+  disks="$disks${disks:+, }{\"name\": $(js $d), \"size\": $size, \"model\": $(js "$model"), \"serial\": $(js "$serial"), \"rotational\": $rot, \"removable\": $rem}"
+done
+nics=""
+for path in /sys/class/net/*; do
+  n="${path##*/}"; [ -e "$path/device" ] || continue
+  drv="$(readlink $path/device/driver)"; drv="${drv##*/}"
+  nics="$nics${nics:+, }{\"name\": $(js $n), \"mac\": $(js "$(rd $path/address)"), \"driver\": $(js "$drv")}"
+done
+display=false
+for c in /sys/bus/pci/devices/*/class; do case "$(cat $c)" in 0x03*) display=true;; esac; done
+battery=false
+for t in /sys/class/power_supply/*/type; do [ "$(rd $t)" = Battery ] && battery=true; done
+fw=bios; [ -d /sys/firmware/efi ] && fw=uefi
+id=/sys/class/dmi/id
+echo "CLUSTERCTL {\"event\": \"inventory\", \"source\": \"testkit\", \"firmware\": \"$fw\", \"dmi\": {\"vendor\": $(js "$(rd $id/sys_vendor)"), \"product\": $(js "$(rd $id/product_name)"), \"version\": $(js "$(rd $id/product_version)"), \"serial\": $(js "$(rd $id/product_serial)"), \"uuid\": $(js "$(rd $id/product_uuid)"), \"chassis_type\": $(rd $id/chassis_type || echo 0), \"chassis_vendor\": $(js "$(rd $id/chassis_vendor)"), \"board_vendor\": $(js "$(rd $id/board_vendor)"), \"board_name\": $(js "$(rd $id/board_name)")}, \"cpus\": $(grep -c ^processor /proc/cpuinfo), \"memory_kb\": $(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo), \"disks\": [$disks], \"nics\": [$nics], \"display\": $display, \"battery\": $battery}"
+ip="$(arg ip)"
+if [ -n "$ip" ]; then
+  ip link set lo up; ip addr add "$ip" dev eth0 && ip link set eth0 up && ev net ip="$ip" dev=eth0
+fi
+ev ready host="$(arg host)" role="$(arg role)" os=testkit
+if [ "$(arg hold)" = 1 ]; then
+  echo "testkit: shell on the console"
+  exec sh
+fi
+poweroff -f
+"""
+
+# ev NAME [key=value | key:=json]...: one event line on the console, built without any literal
+# marker in the typed command (the console echoes what is typed; a test must not see it as an event).
+EV = r"""#!/bin/sh
+name="$1"; shift
+out="{\"event\": \"$name\""
+for kv in "$@"; do
+  k="${kv%%=*}"; v="${kv#*=}"
+  case "$k" in
+    *:) out="$out, \"${k%:}\": $v";;
+    *) v="$(printf '%s' "$v" | sed 's/\\/\\\\/g; s/"/\\"/g')"; out="$out, \"$k\": \"$v\"";;
+  esac
+done
+echo "CLUSTERCTL $out}"
+"""
+
+
+@dataclass(frozen=True)
+class TestKit:
+    """A kernel and initramfs that boot any board in seconds and report what they see."""
+
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+
+    def append(self, host: str = "", role: str = "", ip: str = "", hold: bool = False) -> str:
+        """The kernel command line for one boot."""
+        parts = ["console=ttyS0", "loglevel=4", "mitigations=off", "panic=-1"]
+        if host:
+            parts.append(f"testkit.host={host}")
+        if role:
+            parts.append(f"testkit.role={role}")
+        if ip:
+            parts.append(f"testkit.ip={ip}")
+        if hold:
+            parts.append("testkit.hold=1")
+        return " ".join(parts)
+
+
+class TestKitError(RuntimeError):
+    pass
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    try:
+        return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        raise TestKitError(f"{cmd[0]} not found (the test kit needs Debian's apt and dpkg)") from None
+    except subprocess.CalledProcessError as e:
+        raise TestKitError(f"{' '.join(cmd)} failed: {e.stderr.strip()}") from None
+
+
+def kernel_package() -> str:
+    """The versioned kernel package the metapackage points at, e.g. linux-image-6.1.0-56-amd64."""
+    out = _run(["apt-cache", "depends", KERNEL_META])
+    m = re.search(r"Depends: (linux-image-[0-9][^\s]*-amd64)", out)
+    if not m:
+        raise TestKitError(f"cannot tell which kernel {KERNEL_META} depends on:\n{out}")
+    return m.group(1)
+
+
+def download(package: str, dest: Path) -> Path:
+    """The package's .deb in ``dest`` (fetched with ``apt-get download`` once)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    prefix = package + "_"
+    found = sorted(dest.glob(prefix + "*.deb"))
+    if not found:
+        _run(["apt-get", "download", package], cwd=dest)
+        found = sorted(dest.glob(prefix + "*.deb"))
+    if not found:
+        raise TestKitError(f"apt-get download {package} left no .deb in {dest}")
+    return found[-1]
+
+
+def _deb_members(deb: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                yield member, tar
+    finally:
+        proc.stdout.close()
+        proc.wait()
+
+
+def modinfo(ko: bytes) -> dict[str, str]:
+    """The ``.modinfo`` section of an ELF64 kernel module: name, depends, ..."""
+    if ko[:4] != b"\x7fELF" or ko[4] != 2:
+        raise TestKitError("not an ELF64 kernel module")
+    shoff = struct.unpack_from("<Q", ko, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ko, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", ko, shoff + i * shentsize)
+        return name, offset, size
+
+    _, str_off, _ = section(shstrndx)
+    for i in range(shnum):
+        name_off, offset, size = section(i)
+        end = ko.index(b"\0", str_off + name_off)
+        if ko[str_off + name_off:end] == b".modinfo":
+            info: dict[str, str] = {}
+            for item in ko[offset:offset + size].split(b"\0"):
+                key, sep, value = item.decode("utf-8", "replace").partition("=")
+                if sep and key not in info:
+                    info[key] = value
+            return info
+    return {}
+
+
+def _module_name(filename: str) -> str:
+    base = filename.rsplit("/", 1)[-1]
+    for ext in (".ko.xz", ".ko.zst", ".ko"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    return base.replace("-", "_")
+
+
+def _ko_bytes(member: tarfile.TarInfo, tar: tarfile.TarFile) -> bytes:
+    f = tar.extractfile(member)
+    assert f is not None
+    data = f.read()
+    if member.name.endswith(".ko.xz"):
+        data = lzma.decompress(data)
+    elif member.name.endswith(".ko.zst"):
+        data = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+    return data
+
+
+def module_closure(wanted: Iterable[str], depends: dict[str, list[str]]) -> list[str]:
+    """``wanted`` and everything they need, dependencies before dependents (insmod order)."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen or name not in depends:  # absent: built into the kernel
+            return
+        seen.add(name)
+        for dep in depends[name]:
+            visit(dep)
+        order.append(name)
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def extract_kernel(deb: Path, dest: Path, wanted: Iterable[str] = MODULES) -> tuple[Path, str, list[str]]:
+    """vmlinuz and the wanted modules (with dependencies) into ``dest``; (vmlinuz, version, insmod order)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    depends: dict[str, list[str]] = {}
+    vmlinuz: Path | None = None
+    version = ""
+    # Pass 1: the kernel image, and every module's dependencies (the .deb has no modules.dep).
+    for member, tar in _deb_members(deb):
+        if re.fullmatch(r"\./boot/vmlinuz-.*", member.name):
+            version = member.name.split("vmlinuz-", 1)[1]
+            vmlinuz = dest / "vmlinuz"
+            f = tar.extractfile(member)
+            assert f is not None
+            vmlinuz.write_bytes(f.read())
+        elif re.search(r"\.ko(\.xz|\.zst)?$", member.name):
+            info = modinfo(_ko_bytes(member, tar))
+            depends[_module_name(member.name)] = [d.replace("-", "_") for d in info.get("depends", "").split(",") if d]
+    if vmlinuz is None:
+        raise TestKitError(f"{deb.name} holds no /boot/vmlinuz-*")
+    order = module_closure(wanted, depends)
+    missing = [m for m in wanted if m not in depends]
+    if missing:
+        raise TestKitError(f"{deb.name} lacks modules {', '.join(missing)}")
+    # Pass 2: only the modules needed.
+    needed = set(order)
+    for member, tar in _deb_members(deb):
+        if re.search(r"\.ko(\.xz|\.zst)?$", member.name) and _module_name(member.name) in needed:
+            (dest / f"{_module_name(member.name)}.ko").write_bytes(_ko_bytes(member, tar))
+    return vmlinuz, version, order
+
+
+def extract_busybox(deb: Path, dest: Path) -> Path:
+    for member, tar in _deb_members(deb):
+        if member.name == "./bin/busybox":
+            f = tar.extractfile(member)
+            assert f is not None
+            dest.write_bytes(f.read())
+            dest.chmod(0o755)
+            return dest
+    raise TestKitError(f"{deb.name} holds no /bin/busybox")
+
+
+class Newc:
+    """A cpio archive in the kernel's initramfs format (newc), built in memory.
+
+    Written here rather than with cpio(1) so that /dev/console can be a device node
+    without mknod (and without root).
+    """
+
+    def __init__(self) -> None:
+        self._out = io.BytesIO()
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self._ino += 1
+        self._out.write(header + encoded)
+        self._out.write(b"\0" * (-(len(header) + len(encoded)) % 4))
+        self._out.write(data)
+        self._out.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._entry(name, 0o100000 | perm, data)
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self._out.getvalue()
+
+
+def build_initramfs(busybox: Path, modules_dir: Path, order: list[str]) -> bytes:
+    archive = Newc()
+    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "lib", "lib/modules"):
+        archive.dir(d)
+    archive.chardev("dev/console", 5, 1)
+    archive.file("bin/busybox", busybox.read_bytes(), 0o755)
+    archive.file("bin/ev", EV.encode(), 0o755)
+    archive.file("init", INIT.encode(), 0o755)
+    for name in order:
+        archive.file(f"lib/modules/{name}.ko", (modules_dir / f"{name}.ko").read_bytes())
+    lines = "".join(f"{m} {MODULE_PARAMS.get(m, '')}".rstrip() + "\n" for m in order)
+    archive.file("lib/modules/order", lines.encode())
+    return archive.finish()
+
+
+def ensure_testkit(cache_dir: Path | None = None) -> TestKit:
+    """Download (once) and build (when its inputs change) the test kit; cheap when cached."""
+    cache = (cache_dir or DEFAULT_CACHE).resolve()
+    debs = cache / "debs"
+    kernel_deb = download(kernel_package(), debs)
+    busybox_deb = download(BUSYBOX, debs)
+    kdir = cache / kernel_deb.stem
+    order_file = kdir / "order"
+    if not order_file.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            work = Path(tmp) / "k"
+            _, version, order = extract_kernel(kernel_deb, work)
+            (work / "version").write_text(version)
+            (work / "order").write_text("\n".join(order) + "\n")
+            work.rename(kdir)
+    version = (kdir / "version").read_text().strip()
+    order = order_file.read_text().split()
+    busybox = cache / f"{busybox_deb.stem}.busybox"
+    if not busybox.exists():
+        extract_busybox(busybox_deb, busybox)
+    key = hashlib.sha256(
+        "\0".join([INIT, EV, kernel_deb.name, busybox_deb.name, *order, repr(MODULE_PARAMS)]).encode()
+    ).hexdigest()[:16]
+    initrd = cache / f"initramfs-{key}.cpio"
+    if not initrd.exists():
+        tmp_path = initrd.with_suffix(".tmp")
+        tmp_path.write_bytes(build_initramfs(busybox, kdir, order))
+        tmp_path.rename(initrd)
+    return TestKit(kernel=kdir / "vmlinuz", initrd=initrd, kernel_version=version)
+
+
+if __name__ == "__main__":
+    kit = ensure_testkit()
+    print(f"kernel  {kit.kernel} ({kit.kernel_version})\ninitrd  {kit.initrd}")
