@@ -17,6 +17,7 @@ from builder import __version__
 # Order is the order of ``clusterctl --help``.
 COMMAND_MODULES: list[str] = [
     "builder.commands.profile_cmds",  # validate, plan, schema, docs
+    "agent.cli",  # agent serve, agent mount
 ]
 
 EXIT_USAGE = 2

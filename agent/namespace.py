@@ -1,0 +1,180 @@
+"""The agent's 9P namespace: exported directories plus the synthetic state trees.
+
+Attach names (aname) select what a mount sees:
+
+- ``""`` or ``"/"``: the whole host::
+
+      fs/<export>/...   each exported directory (read-only ones refuse changes)
+      hw/...            hardware inventory (one file per fact, ``json`` per directory)
+      os/...            os-release, kernel, hostname, uptime, load, memory
+      svc/<unit>/...    systemd units: load, active, sub, description, ctl
+      status            the agent: host, exports, connections, event count (JSON)
+      events            a blocking read returning the next change event line(s)
+      ctl               text commands (allowed ones listed when read)
+
+- ``"fs/<export>"`` or ``"<export>"``: that export's root alone.
+
+So a peer mounted at /n/<host> with aname "/" shows /n/<host>/fs/<export>, /n/<host>/hw/...
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shlex
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from agent.eventbus import EventBus, EventReader
+from agent.ninep.localfs import Export
+from agent.ninep.node import Node, fail
+from agent.ninep.synth import DataDir, StreamFile, StreamHandle, SynthDir, SynthFile, render_json, render_scalar
+from agent.state import osinfo, svc
+from agent.state.hw import Inventory
+
+# What the owner may let remote writers do through ctl files (``--ctl-allow``).
+CTL_CAPABILITIES = ("event", "refresh", "svc")
+
+
+class AgentNamespace:
+    def __init__(self, exports: Iterable[Export], bus: EventBus | None = None,
+                 ctl_allow: Iterable[str] = (), hostname: str | None = None,
+                 connections: Callable[[], int] | None = None) -> None:
+        self.exports: dict[str, Export] = {}
+        for i, exp in enumerate(exports):
+            if exp.name in self.exports:
+                raise ValueError(f"export {exp.name!r} given twice")
+            exp.index = i
+            if exp.root_fd < 0:
+                exp.open()
+            self.exports[exp.name] = exp
+        unknown = set(ctl_allow) - set(CTL_CAPABILITIES)
+        if unknown:
+            raise ValueError(f"unknown ctl capabilities: {', '.join(sorted(unknown))}")
+        self.ctl_allow = frozenset(ctl_allow)
+        self.bus = bus or EventBus()
+        self.hostname = hostname or socket.gethostname()
+        self.connections = connections or (lambda: 0)
+        self.started = time.time()
+        self.inventory = Inventory()
+        self.root = self._build()
+
+    # -- tree ----------------------------------------------------------------------------
+    def _build(self) -> SynthDir:
+        root = SynthDir("", None)
+        root.add(SynthDir("fs", root, lambda d: {n: e.root(mount_parent=d) for n, e in self.exports.items()}))
+        root.add(DataDir("hw", root, self.inventory))
+        osdir = DataDir("os", root, osinfo.facts)
+        root.add(osdir)
+        root.add(SynthDir("svc", root, self._svc_children))
+        root.add(SynthFile("status", root, lambda: render_json(self.status())))
+        root.add(StreamFile("events", root, lambda: StreamHandle(EventReader(self.bus).next_chunk)))
+        root.add(SynthFile("ctl", root, self._ctl_help, self._ctl_write, lambda: bool(self.ctl_allow)))
+        return root
+
+    def attach(self, aname: str, uname: str, n_uname: int) -> Node:
+        name = aname.strip("/")
+        if not name:
+            return self.root
+        if name.startswith("fs/"):
+            name = name[3:]
+        exp = self.exports.get(name)
+        if exp is None:
+            raise fail(errno.ENOENT, f"no export {aname!r}")
+        return exp.root()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "host": self.hostname,
+            "pid": os.getpid(),
+            "started": round(self.started, 3),
+            "uptime": round(time.time() - self.started, 3),
+            "exports": [{"name": e.name, "path": e.path, "readonly": e.readonly} for e in self.exports.values()],
+            "connections": self.connections(),
+            "events": self.bus.seq,
+            "ctl": sorted(self.ctl_allow),
+            "systemd": svc.systemd_running(),
+        }
+
+    def _svc_children(self, parent: SynthDir) -> dict[str, Node]:
+        out: dict[str, Node] = {}
+        for unit in svc.units():
+            name = unit["name"].replace("/", "_")
+            d = SynthDir(name, parent)
+            for key in ("load", "active", "sub", "description"):
+                d.add(SynthFile(key, d, _const(render_scalar(unit[key]))))
+            d.add(SynthFile("json", d, _const(render_json(unit))))
+            d.add(SynthFile("ctl", d, _const(f"{' '.join(svc.VERBS)}\n".encode()),
+                            self._svc_ctl(unit["name"]), lambda: "svc" in self.ctl_allow))
+            out[name] = d
+        return out
+
+    # -- ctl -----------------------------------------------------------------------------
+    def _ctl_help(self) -> bytes:
+        lines = []
+        if "event" in self.ctl_allow:
+            lines.append("event NAME [KEY=VALUE ...]   publish an event on the events stream")
+        if "refresh" in self.ctl_allow:
+            lines.append("refresh                      re-read the hardware inventory now")
+        if "svc" in self.ctl_allow:
+            lines.append(f"svc {'|'.join(svc.VERBS)} UNIT  queue a systemd job")
+        if not lines:
+            lines.append("(no commands allowed on this host)")
+        return ("\n".join(lines) + "\n").encode()
+
+    def _need(self, capability: str) -> None:
+        if capability not in self.ctl_allow:
+            raise fail(errno.EPERM, f"ctl command {capability!r} is not allowed here")
+
+    def _ctl_write(self, data: bytes) -> None:
+        for raw in data.decode("utf-8", "replace").splitlines():
+            try:
+                words = shlex.split(raw)
+            except ValueError:
+                raise fail(errno.EINVAL, "unbalanced quotes") from None
+            if words:
+                self.run_command(words)
+
+    def run_command(self, words: list[str]) -> None:
+        cmd, args = words[0], words[1:]
+        if cmd == "event":
+            self._need("event")
+            if not args or any("=" not in a for a in args[1:]):
+                raise fail(errno.EINVAL, "usage: event NAME [KEY=VALUE ...]")
+            self.bus.publish(args[0], source="ctl", **dict(a.split("=", 1) for a in args[1:]))
+        elif cmd == "refresh":
+            self._need("refresh")
+            self.inventory.refresh()
+            self.bus.publish("hw", source="ctl", state="refreshed")
+        elif cmd == "svc":
+            self._need("svc")
+            if len(args) != 2:
+                raise fail(errno.EINVAL, "usage: svc VERB UNIT")
+            self._svc_ctl(args[1])(args[0].encode())
+        else:
+            raise fail(errno.EINVAL, f"unknown ctl command {cmd!r}")
+
+    def _svc_ctl(self, unit: str) -> Callable[[bytes], None]:
+        def run(data: bytes) -> None:
+            self._need("svc")
+            verb = data.decode("utf-8", "replace").strip()
+            try:
+                svc.control(unit, verb)
+            except ValueError as exc:
+                raise fail(errno.EINVAL, str(exc)) from None
+            except RuntimeError as exc:
+                raise fail(errno.EIO, str(exc)) from None
+            self.bus.publish("svc", unit=unit, request=verb, source="ctl")
+
+        return run
+
+
+def _const(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+def describe(ns: AgentNamespace) -> str:
+    return json.dumps(ns.status(), indent=2)

@@ -1,0 +1,1 @@
+"""Facts the agent serves as synthetic files: hardware, operating system, services."""
