@@ -97,7 +97,8 @@ def test_include_merges_in_order_and_null_resets(tmp_path: Path) -> None:
     oses:
       stable: {suite: bookworm, packages: [vim]}
     """
-    text = "include: [base.yaml]\n" + GOOD.replace("  name: demo\n", "  name: demo\n  timezone: null\n  users: [{name: bob}]\n")
+    own = "  name: demo\n  timezone: null\n  users: [{name: bob}]\n"
+    text = "include: [base.yaml]\n" + GOOD.replace("  name: demo\n", own)
     text = text.replace("stable: {suite: bookworm}", "stable: {packages: [htop]}")
     (tmp_path / "base.yaml").write_text(textwrap.dedent(base))
     (tmp_path / "p.yaml").write_text(text)
@@ -115,7 +116,8 @@ def test_error_in_included_file_points_into_it(tmp_path: Path) -> None:
 
 
 def test_include_cycle(tmp_path: Path) -> None:
-    errs = errors_of(tmp_path, "include: [a.yaml]\n" + GOOD, {"a.yaml": "include: [b.yaml]\n", "b.yaml": "include: [a.yaml]\n"})
+    files = {"a.yaml": "include: [b.yaml]\n", "b.yaml": "include: [a.yaml]\n"}
+    errs = errors_of(tmp_path, "include: [a.yaml]\n" + GOOD, files)
     assert errs == ["b.yaml:1:11: include cycle: p.yaml → a.yaml → b.yaml → a.yaml"]
 
 
@@ -142,7 +144,8 @@ def test_extends_inherits(tmp_path: Path) -> None:
 def test_indistinguishable_hosts_on_a_stick(tmp_path: Path) -> None:
     text = GOOD.replace("role: storage, board: nano-itx-storage", "role: desktop, board: nano-itx")
     errs = errors_of(tmp_path, text)
-    assert len(errs) == 1 and errs[0].startswith('p.yaml:18:3: images.stick.hosts: hosts "left" and "right" could never')
+    assert len(errs) == 1
+    assert errs[0].startswith('p.yaml:18:3: images.stick.hosts: hosts "left" and "right" could never')
 
 
 def test_image_needs_its_hosts(tmp_path: Path) -> None:

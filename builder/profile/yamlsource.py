@@ -180,7 +180,9 @@ class _Builder:
                 value, nodes = self.anchors[ev.anchor]
                 self.alias_nodes += nodes
                 if self.alias_nodes > self.own_nodes + ALIAS_NODE_ALLOWANCE:
-                    raise self.refuse(ev, "aliases expand to far more data than the file holds (an alias bomb?); refused")
+                    raise self.refuse(
+                        ev, "aliases expand to far more data than the file holds (an alias bomb?); refused"
+                    )
             elif t is yaml.DocumentStartEvent:
                 if have_root:
                     raise self.refuse(ev, "a profile is one YAML document; found a second one (---)")
