@@ -7,6 +7,7 @@ event they expect arrives, the console closes (QEMU exited), or a deadline passe
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import threading
 import time
@@ -94,9 +95,7 @@ class Console:
             return lines[-n:]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
         self._thread.join(timeout=5)

@@ -13,6 +13,7 @@ lines and the events seen, which is what a person needs to see why a boot went w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -220,10 +221,8 @@ class Machine:
 
     def quit(self, timeout: float = 10.0) -> None:
         """Stop QEMU in an orderly way (disk caches flushed); the guest gets no warning."""
-        try:
+        with contextlib.suppress(QMPError):  # QEMU may close the socket before it answers
             self.qmp("quit")
-        except QMPError:
-            pass  # QEMU may close the socket before it answers
         self._reap(timeout)
 
     def kill(self) -> None:

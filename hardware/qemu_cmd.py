@@ -230,7 +230,8 @@ def _disk_args(cfg: MachineConfig, paths: MachinePaths, boot_index: dict[str, in
             model = f",model={_opt(disk.model)}" if disk.model else ""
             # rotation_rate 1 is the ATA code for "solid state"; a spinning disk reports its RPM.
             rate = 7200 if disk.rotational else 1
-            args += ["-device", f"ide-hd,id=dev{i},bus=ide.{sata},drive={drive}{model}{serial},rotation_rate={rate}{boot}"]
+            args += ["-device", f"ide-hd,id=dev{i},bus=ide.{sata},drive={drive}{model}{serial}"
+                                f",rotation_rate={rate}{boot}"]  # fmt: skip
             sata += 1
         elif disk.bus == "virtio":
             args += ["-device", f"virtio-blk-pci,id=dev{i},drive={drive}{serial}{boot}"]

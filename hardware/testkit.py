@@ -34,7 +34,7 @@ BUSYBOX = "busybox-static"
 # Drivers for every disk bus and NIC model a board can have; dependencies are added from .modinfo.
 MODULES = (
     "virtio_pci", "virtio_blk", "virtio_net", "nvme", "ahci", "sd_mod", "xhci_pci", "usb_storage",
-    "e1000", "e1000e", "8139too", "sdhci_pci", "mmc_block",
+    "e1000", "e1000e", "8139cp", "8139too", "sdhci_pci", "mmc_block",
 )  # fmt: skip
 MODULE_PARAMS = {"usb_storage": "delay_use=0"}  # a USB disk is usable at once, not after 1 s
 
@@ -47,7 +47,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 arg() { sed -n "s/.*testkit\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 ev started uptime:="$(cut -d' ' -f1 /proc/uptime)"
-while read -r mod params; do insmod "/lib/modules/$mod.ko" $params || echo "testkit: insmod $mod failed"; done < /lib/modules/order
+while read -r mod params; do
+  insmod "/lib/modules/$mod.ko" $params || echo "testkit: insmod $mod failed"
+done < /lib/modules/order
 # No udev here: wait until the set of block devices has stopped changing (USB enumerates late).
 last=""; same=0; n=0
 while [ $same -lt 6 ] && [ $n -lt 100 ]; do
@@ -59,6 +61,13 @@ rd() { [ -r "$1" ] && cat "$1" 2>/dev/null; }
 # ATA IDENTIFY (VPD page 89h, from byte 60): model is words 27-46, each word's bytes swapped.
 ata_model() { dd if="$1" bs=2 skip=57 count=20 conv=swab 2>/dev/null; }
 vpd_serial() { dd if="$1" bs=1 skip=4 2>/dev/null; }
+# A USB disk's serial is its USB device's iSerialNumber: the nearest ancestor with idVendor.
+usb_serial() {
+  p="$(readlink -f "$1/device")"
+  while [ -n "$p" ] && [ "$p" != / ]; do
+    [ -r "$p/idVendor" ] && { rd "$p/serial"; return; }; p="${p%/*}"
+  done
+}
 disks=""
 for path in /sys/block/*; do
   d="${path##*/}"; [ -e "$path/device" ] || continue
@@ -71,12 +80,14 @@ for path in /sys/block/*; do
     sd*) if [ "$(rd $path/device/vendor | tr -d ' ')" = "ATA" ] && [ -r $path/device/vpd_pg89 ]; then
            model="$(ata_model $path/device/vpd_pg89)"
          else model="$(rd $path/device/model)"; fi
-         [ -r $path/device/vpd_pg80 ] && serial="$(vpd_serial $path/device/vpd_pg80)";;
+         [ -r $path/device/vpd_pg80 ] && serial="$(vpd_serial $path/device/vpd_pg80)"
+         [ -z "$serial" ] && serial="$(usb_serial $path)";;
   esac
   rot=false; [ "$(rd $path/queue/rotational)" = 1 ] && rot=true
   rem=false; [ "$(rd $path/removable)" = 1 ] && rem=true
   size=$(( $(rd $path/size) * 512 ))
-  disks="$disks${disks:+, }{\"name\": $(js $d), \"size\": $size, \"model\": $(js "$model"), \"serial\": $(js "$serial"), \"rotational\": $rot, \"removable\": $rem}"
+  one="{\"name\": $(js $d), \"size\": $size, \"model\": $(js "$model"), \"serial\": $(js "$serial")"
+  disks="$disks${disks:+, }$one, \"rotational\": $rot, \"removable\": $rem}"
 done
 nics=""
 for path in /sys/class/net/*; do
@@ -90,7 +101,16 @@ battery=false
 for t in /sys/class/power_supply/*/type; do [ "$(rd $t)" = Battery ] && battery=true; done
 fw=bios; [ -d /sys/firmware/efi ] && fw=uefi
 id=/sys/class/dmi/id
-echo "CLUSTERCTL {\"event\": \"inventory\", \"source\": \"testkit\", \"firmware\": \"$fw\", \"dmi\": {\"vendor\": $(js "$(rd $id/sys_vendor)"), \"product\": $(js "$(rd $id/product_name)"), \"version\": $(js "$(rd $id/product_version)"), \"serial\": $(js "$(rd $id/product_serial)"), \"uuid\": $(js "$(rd $id/product_uuid)"), \"chassis_type\": $(rd $id/chassis_type || echo 0), \"chassis_vendor\": $(js "$(rd $id/chassis_vendor)"), \"board_vendor\": $(js "$(rd $id/board_vendor)"), \"board_name\": $(js "$(rd $id/board_name)")}, \"cpus\": $(grep -c ^processor /proc/cpuinfo), \"memory_kb\": $(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo), \"disks\": [$disks], \"nics\": [$nics], \"display\": $display, \"battery\": $battery}"
+dmi="\"vendor\": $(js "$(rd $id/sys_vendor)"), \"product\": $(js "$(rd $id/product_name)")"
+dmi="$dmi, \"version\": $(js "$(rd $id/product_version)"), \"serial\": $(js "$(rd $id/product_serial)")"
+dmi="$dmi, \"uuid\": $(js "$(rd $id/product_uuid)"), \"chassis_type\": $(rd $id/chassis_type || echo 0)"
+dmi="$dmi, \"chassis_vendor\": $(js "$(rd $id/chassis_vendor)")"
+dmi="$dmi, \"board_vendor\": $(js "$(rd $id/board_vendor)"), \"board_name\": $(js "$(rd $id/board_name)")"
+mem=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)
+inv="\"source\": \"testkit\", \"firmware\": \"$fw\", \"dmi\": {$dmi}"
+inv="$inv, \"cpus\": $(grep -c ^processor /proc/cpuinfo), \"memory_kb\": $mem"
+inv="$inv, \"disks\": [$disks], \"nics\": [$nics], \"display\": $display, \"battery\": $battery"
+echo "CLUSTERCTL {\"event\": \"inventory\", $inv}"
 ip="$(arg ip)"
 if [ -n "$ip" ]; then
   ip link set lo up; ip addr add "$ip" dev eth0 && ip link set eth0 up && ev net ip="$ip" dev=eth0
@@ -122,6 +142,8 @@ echo "CLUSTERCTL $out}"
 @dataclass(frozen=True)
 class TestKit:
     """A kernel and initramfs that boot any board in seconds and report what they see."""
+
+    __test__ = False  # not a pytest test class, despite its name
 
     kernel: Path
     initrd: Path
@@ -203,9 +225,9 @@ def modinfo(ko: bytes) -> dict[str, str]:
     for i in range(shnum):
         name_off, offset, size = section(i)
         end = ko.index(b"\0", str_off + name_off)
-        if ko[str_off + name_off:end] == b".modinfo":
+        if ko[str_off + name_off : end] == b".modinfo":
             info: dict[str, str] = {}
-            for item in ko[offset:offset + size].split(b"\0"):
+            for item in ko[offset : offset + size].split(b"\0"):
                 key, sep, value = item.decode("utf-8", "replace").partition("=")
                 if sep and key not in info:
                     info[key] = value

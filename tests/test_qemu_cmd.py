@@ -1,0 +1,154 @@
+"""The QEMU command line a board turns into, and the files it needs (no guest is booted here)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hardware.board import CHASSIS_TYPES, Board, BoardError, Disk, board_from_dict, board_names, load_board
+from hardware.qemu_cmd import MachineConfig, MachinePaths, build_command, prepare_files, smbios_type3_table
+
+BOARDS = board_names()
+
+
+def _devices(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+
+
+def _prepared(board: Board, tmp_path: Path, **options: object) -> tuple[list[str], MachinePaths]:
+    paths = MachinePaths(tmp_path / "m", tmp_path / "m")
+    cfg = MachineConfig(board=board, **options)  # type: ignore[arg-type]
+    prepare_files(cfg, paths)
+    return build_command(cfg, paths), paths
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "built.img"
+    with path.open("wb") as f:
+        f.truncate(64 * 2**20)
+    return path
+
+
+def test_the_required_boards_exist() -> None:
+    required = {"nano-itx", "nano-itx-storage", "laptop", "portable-display", "vesa-mini-pc", "storage-box", "cloud-vm"}
+    assert required <= set(BOARDS)
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_every_board_parses_and_builds_a_command(name: str, tmp_path: Path) -> None:
+    board = load_board(name)
+    argv, paths = _prepared(board, tmp_path)
+    assert argv[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
+    assert ("VGA" in _devices(argv)) == board.display
+    assert (any("if=pflash" in a for a in argv)) == (board.firmware == "uefi")
+    # Every internal disk is a sparse qcow2 of the board's size.
+    for i, disk in enumerate(board.disks):
+        info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", str(paths.disk(i))]))
+        assert info["format"] == "qcow2" and info["virtual-size"] >= disk.size
+        assert paths.disk(i).stat().st_blocks * 512 < 16 * 2**20
+    macs = [d.split("mac=")[1].split(",")[0] for d in _devices(argv) if "mac=" in d]
+    assert macs == [n.mac for n in board.nics]
+
+
+def test_sata_disks_carry_model_serial_and_rotation(tmp_path: Path) -> None:
+    board = load_board("nano-itx-storage")
+    argv, _ = _prepared(board, tmp_path)
+    sata = [d for d in _devices(argv) if d.startswith("ide-hd")]
+    assert len(sata) == 3
+    assert "model=WDC WD20EFRX-68EUZN0" in sata[1] and "serial=WD-WCC4M0000001" in sata[1]
+    assert "rotation_rate=7200" in sata[1] and "rotation_rate=1" in sata[0]
+    assert [d.split("bus=")[1].split(",")[0] for d in sata] == ["ide.0", "ide.1", "ide.2"]
+
+
+def test_usb_stick_is_an_overlay_that_boots_first(tmp_path: Path, image: Path) -> None:
+    board = load_board("nano-itx")
+    argv, paths = _prepared(board, tmp_path, boot_image=image, as_usb=True)
+    stick = next(d for d in _devices(argv) if d.startswith("usb-storage"))
+    assert "removable=on" in stick and "bootindex=0" in stick
+    nvme = next(d for d in _devices(argv) if d.startswith("nvme"))
+    assert "bootindex=1" in nvme
+    info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", str(paths.stick)]))
+    assert info["backing-filename"] == str(image.resolve()) and info["backing-filename-format"] == "raw"
+    assert "strict=on" in argv
+
+
+def test_image_as_internal_disk_backs_the_first_disk(tmp_path: Path, image: Path) -> None:
+    board = load_board("cloud-vm")
+    argv, paths = _prepared(board, tmp_path, boot_image=image, as_usb=False)
+    info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", str(paths.disk(0))]))
+    assert info["backing-filename"] == str(image.resolve())
+    assert info["virtual-size"] == board.disks[0].size  # grown to the board's disk, image untouched
+    assert image.stat().st_size == 64 * 2**20
+    assert not any(d.startswith("usb-storage") for d in _devices(argv))
+    assert "bootindex=0" in next(d for d in _devices(argv) if d.startswith("virtio-blk"))
+
+
+def test_direct_kernel_boot_and_extra_disks(tmp_path: Path) -> None:
+    board = load_board("laptop")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    extra = [Disk(bus="usb", size=2**30, serial="EXTRA1", removable=True)]
+    argv, _ = _prepared(board, tmp_path, kernel=kernel, append="console=ttyS0", extra_disks=extra)
+    assert argv[argv.index("-kernel") + 1] == str(kernel) and "strict=on" not in argv
+    assert not any("bootindex" in d for d in _devices(argv))
+    assert any(d.startswith("usb-storage") and "serial=EXTRA1" in d for d in _devices(argv))
+
+
+def test_host_pins_override_mac_and_serial(tmp_path: Path) -> None:
+    board = load_board("nano-itx")
+    argv, paths = _prepared(board, tmp_path, macs=["52:54:00:aa:bb:cc"], dmi_serial="PINNED-1")
+    assert any("mac=52:54:00:aa:bb:cc" in d for d in _devices(argv))
+    assert any(a.startswith("type=1,") and "serial=PINNED-1" in a for a in argv)
+    assert b"PINNED-1\0" in paths.smbios_type3.read_bytes()
+
+
+@pytest.mark.parametrize("chassis", sorted(CHASSIS_TYPES))
+def test_smbios_type3_table_layout(chassis: str) -> None:
+    table = smbios_type3_table("Jetway, Inc.", CHASSIS_TYPES[chassis], "1.0", "SN1")
+    kind, length, handle, vendor, ctype, version, serial = struct.unpack_from("<BBHBBBB", table)
+    assert (kind, length, handle, ctype) == (3, 0x16, 0x300, CHASSIS_TYPES[chassis])
+    strings = table[length:].split(b"\0")
+    assert strings[vendor - 1] == b"Jetway, Inc." and strings[version - 1] == b"1.0" and strings[serial - 1] == b"SN1"
+    assert table.endswith(b"\0\0")
+
+
+def test_smbios_type3_without_strings_ends_with_two_nuls() -> None:
+    table = smbios_type3_table("", 3, "", "")
+    assert len(table) == 0x16 + 2 and table[4] == 0 and table.endswith(b"\0\0")
+
+
+def test_commas_in_dmi_strings_are_escaped(tmp_path: Path) -> None:
+    board = load_board("cloud-vm")
+    argv, _ = _prepared(board, tmp_path)
+    type1 = next(a for a in argv if a.startswith("type=1,"))
+    assert "product=Standard PC (Q35 + ICH9,, 2009)" in type1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"firmware": "coreboot"}, "firmware"),
+        ({"dmi": {"vendor": "X", "product": "Y", "chassis": "spaceship"}}, "chassis"),
+        ({"disks": [{"bus": "scsi", "size": 1}]}, "bus"),
+        ({"nics": [{"mac": "52:54:00:zz:00:01"}]}, "MAC"),
+        ({"colour": "red"}, "unknown key"),
+        ({"cpus": 0}, "cpus"),
+    ],
+)
+def test_bad_boards_are_refused_with_a_reason(change: dict[str, object], message: str) -> None:
+    data: dict[str, object] = {
+        "description": "d", "firmware": "uefi", "dmi": {"vendor": "V", "product": "P", "chassis": "desktop"},
+    }  # fmt: skip
+    data.update(change)
+    with pytest.raises(BoardError, match=message):
+        board_from_dict(data, "bad")
+
+
+def test_unknown_board_name_lists_the_known_ones() -> None:
+    with pytest.raises(BoardError, match="nano-itx"):
+        load_board("no-such-board")
