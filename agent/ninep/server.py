@@ -316,8 +316,9 @@ class Connection(asyncio.Protocol):
     def t_auth(self, tag: int, body: memoryview) -> bytes:
         decode_body(proto.TAUTH, body)
         # No afid authentication: identity is settled before 9P starts (by the connection's
-        # owner), or not at all on an --insecure-no-auth loopback server.
-        raise fail(errno.EOPNOTSUPP, "no 9P authentication")
+        # owner), or not at all on an --insecure-no-auth loopback server. ENOENT, as diod
+        # answers, tells the client to attach without an afid.
+        raise fail(errno.ENOENT, "no 9P authentication")
 
     def t_attach(self, tag: int, body: memoryview) -> bytes:
         req = decode_body(proto.TATTACH, body)
