@@ -18,6 +18,7 @@ from builder import __version__
 COMMAND_MODULES: list[str] = [
     "builder.commands.profile_cmds",  # validate, plan, schema, docs
     "agent.cli",  # agent serve, agent mount
+    "hardware.testcmd",  # boot, test (QEMU)
 ]
 
 EXIT_USAGE = 2

@@ -1,0 +1,165 @@
+"""``clusterctl test``'s work: boot each built image on the boards of its hosts, check the events.
+
+For a universal USB installer, each of its hosts boots the stick on its own board and must
+report ``matched`` with its own host and role, then ``ready`` with them. For a host's disk or
+cloud image, the image is that host's internal disk and must reach ``ready``. An ``error``
+event, a wrong host or role, a machine that dies, or a deadline fails the host at once.
+
+If a guest powers itself off after ``installed`` (as an installer may, asking for the stick to
+be pulled), the stick is pulled and the machine powered on again, as a person would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hardware.board import Board
+from hardware.lan import Lan
+from hardware.qemu import Machine, MachineError, MachineExited
+
+
+@dataclass
+class HostRun:
+    """One host booting one image."""
+
+    host: str
+    role: str
+    board: Board
+    image: str
+    image_type: str
+    image_path: Path
+    expect: list[str]  # event names, in order; each must carry this host and role
+    macs: list[str] | None = None
+    dmi_serial: str | None = None
+
+    @property
+    def as_usb(self) -> bool:
+        return self.image_type == "usb-installer"
+
+
+@dataclass
+class HostResult:
+    run: HostRun
+    reached: list[tuple[str, float]] = field(default_factory=list)  # (event, seconds since first power-on)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and [e for e, _ in self.reached if e in self.run.expect] == self.run.expect
+
+
+def image_path(images_dir: Path, name: str, image: dict[str, Any]) -> Path:
+    """Where ``clusterctl build`` puts an image (same naming as ``clusterctl plan``)."""
+    return images_dir / f"{name}.{'qcow2' if image.get('format') == 'qcow2' else 'img'}"
+
+
+def _unique_mac(mac: str, used: set[str]) -> str:
+    # Hosts sharing a board would share its MACs; vary the last byte so a LAN sees distinct NICs.
+    head, last = mac.rsplit(":", 1)
+    n = int(last, 16)
+    while mac in used:
+        n = (n + 1) % 256
+        mac = f"{head}:{n:02x}"
+    return mac
+
+
+def plan_runs(data: dict[str, Any], images_dir: Path, load_board: Callable[[str], Board],
+              only_hosts: list[str] | None = None) -> list[HostRun]:  # fmt: skip
+    """The host runs of a resolved profile, in image then host order."""
+    runs: list[HostRun] = []
+    used_macs: set[str] = set()
+    boards: dict[str, Board] = {}
+    for name, image in data.get("images", {}).items():
+        hosts = image.get("hosts") or [image["host"]]
+        for host in hosts:
+            if only_hosts and host not in only_hosts:
+                continue
+            spec = data["hosts"][host]
+            board = boards.get(spec["board"]) or boards.setdefault(spec["board"], load_board(spec["board"]))
+            pin = spec.get("pin") or {}
+            pinned = pin.get("mac") or []
+            pinned = [pinned] if isinstance(pinned, str) else list(pinned)
+            macs = [pinned[i] if i < len(pinned) else _unique_mac(n.mac, used_macs) for i, n in enumerate(board.nics)]
+            used_macs.update(macs)
+            expect = ["matched", "ready"] if image["type"] == "usb-installer" else ["ready"]
+            runs.append(HostRun(
+                host=host, role=spec["role"], board=board, image=name, image_type=image["type"],
+                image_path=image_path(images_dir, name, image), expect=expect, macs=macs,
+                dmi_serial=pin.get("serial"),
+            ))  # fmt: skip
+    return runs
+
+
+def _check(run: HostRun, event: dict[str, Any]) -> str | None:
+    """Why an awaited event is wrong for this host, or None."""
+    if event["event"] == "error":
+        return f"the guest reported an error: {event.get('stage', '?')}: {event.get('message', event)}"
+    wrong = [f"{k} {event.get(k)!r} (expected {want!r})"
+             for k, want in (("host", run.host), ("role", run.role)) if event.get(k) != want]  # fmt: skip
+    return f"{event['event']} with " + ", ".join(wrong) if wrong else None
+
+
+def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
+             on_event: Callable[[HostRun, str, float], None] | None = None) -> HostResult:  # fmt: skip
+    """Boot, follow the events, stop the machine; never raises for a guest's failure."""
+    result = HostResult(run)
+    if not run.image_path.is_file():
+        result.error = f"image {run.image_path} is not built (run 'clusterctl build' first)"
+        return result
+    m = Machine(run.board, workdir / run.host, boot_image=run.image_path, as_usb=run.as_usb, macs=run.macs,
+                dmi_serial=run.dmi_serial, lan=lan, name=run.host)  # fmt: skip
+    began = time.monotonic()
+    deadline = began + timeout
+    installed = False
+    try:
+        m.start()
+        for name in run.expect:
+            while True:
+                try:
+                    event = m.wait_for(
+                        lambda e, name=name: e["event"] in (name, "error", "installed"),
+                        timeout=max(1.0, deadline - time.monotonic()),
+                    )
+                except MachineExited:
+                    if not (installed and run.as_usb and m.config.boot_image is not None):
+                        raise
+                    m.config.boot_image = None  # pull the stick, press the power button
+                    m.start()
+                    continue
+                if event["event"] == "installed":
+                    installed = True
+                    result.reached.append(("installed", time.monotonic() - began))
+                    if name != "installed":
+                        continue
+                problem = _check(run, event)
+                if problem:
+                    result.error = m.explain(problem)
+                    return result
+                seconds = time.monotonic() - began
+                result.reached.append((name, seconds))
+                if on_event:
+                    on_event(run, name, seconds)
+                break
+    except MachineError as e:
+        result.error = str(e)
+    finally:
+        m.close()
+    return result
+
+
+def run_all(runs: list[HostRun], workdir: Path, timeout: float, keep: bool,
+            on_event: Callable[[HostRun, str, float], None] | None = None) -> list[HostResult]:  # fmt: skip
+    """Each host in turn (one guest at a time), all on one guest-only LAN."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[HostResult] = []
+    with Lan("test") as lan:
+        for run in runs:
+            results.append(run_host(run, workdir, lan, timeout, on_event))
+            if not keep:
+                shutil.rmtree(workdir / run.host, ignore_errors=True)
+    return results
