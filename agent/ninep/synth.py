@@ -118,7 +118,7 @@ class SnapshotHandle(Handle):
     def write(self, offset: int, data: bytes) -> int:
         if self.sink is None:
             raise fail(errno.EBADF)
-        self.sink(data)
+        self.sink(bytes(data))
         return len(data)
 
     def size(self) -> int:
