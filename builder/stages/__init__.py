@@ -1,0 +1,1 @@
+"""Build stages: each turns its declared inputs (and its dependencies' outputs) into one file."""
