@@ -44,6 +44,9 @@ class Diagnostics:
     _seen: set[Diagnostic] = field(default_factory=set, repr=False)
 
     def add(self, mark: Mark, message: str) -> None:
+        # One diagnostic, one line: names quoted from the file may hold control characters.
+        if not message.isprintable():
+            message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         d = Diagnostic(mark, message)
         if d not in self._seen:
             self._seen.add(d)

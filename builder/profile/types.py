@@ -200,7 +200,7 @@ class Size(Kind):
         try:
             return parse_size(value)
         except UnitError as e:
-            return ctx.error(mark, path, f"{e}; expected {SIZE_DOC}")
+            return ctx.error(mark, path, f"{e} (K/M/G/T count in 1000s, KiB/MiB/GiB/TiB in 1024s)")
 
     def schema(self) -> dict[str, Any]:
         return {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": f"^{SIZE_PATTERN}$"}]}
@@ -494,7 +494,12 @@ class Record(Kind):
             "additionalProperties": False,
         }
         required = [f.name for f in self.fields if f.required]
-        if required:
+        # A record that extends or includes others may get its required keys from them.
+        composer = next((f.name for f in self.fields if f.name in ("extends", "include")), None)
+        if required and composer:
+            out["if"] = {"not": {"required": [composer]}}
+            out["then"] = {"required": required}
+        elif required:
             out["required"] = required
         if self.doc:
             out["description"] = self.doc

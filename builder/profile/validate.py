@@ -15,11 +15,19 @@ from builder.profile.types import INVALID, CheckContext
 FIRST_HOST_OFFSET = 10  # hosts get .11, .12, ... of the LAN unless an address is given
 
 
+def _section(data: dict[str, Any], *path: str) -> dict[str, Any]:
+    """A section of the checked profile, or {} where it is missing or was invalid (already reported)."""
+    node: Any = data
+    for step in path:
+        node = node.get(step) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
 def check_references(ctx: CheckContext, data: dict[str, Any], boards: set[str]) -> None:
     known = {
-        "roles": set(data.get("roles") or ()),
-        "oses": set(data.get("oses") or ()),
-        "hosts": set(data.get("hosts") or ()),
+        "roles": set(_section(data, "roles")),
+        "oses": set(_section(data, "oses")),
+        "hosts": set(_section(data, "hosts")),
         "boards": boards,
     }
     singular = {"roles": "role", "oses": "OS", "hosts": "host", "boards": "board"}
@@ -33,8 +41,8 @@ def check_references(ctx: CheckContext, data: dict[str, Any], boards: set[str]) 
 
 def assign_addresses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
     """Give each host without an address the next free one of the LAN, in profile order."""
-    lan = (data.get("cluster") or {}).get("network", {}).get("lan", "dhcp")
-    hosts = data.get("hosts") or {}
+    lan = _section(data, "cluster", "network").get("lan", "dhcp")
+    hosts = _section(data, "hosts")
     if lan in ("dhcp", INVALID):
         return
     net = ipaddress.ip_network(lan)
@@ -59,8 +67,8 @@ def assign_addresses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, M
 
 
 def check_images(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark], distinguish: bool) -> None:
-    images = data.get("images") or {}
-    hosts = data.get("hosts") or {}
+    images = _section(data, "images")
+    hosts = _section(data, "hosts")
     for name, image in images.items():
         if not isinstance(image, dict) or image is INVALID:
             continue
@@ -87,17 +95,19 @@ def check_distinguishable(ctx: CheckContext, data: dict[str, Any], members: list
 
 
 def check_roles(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
-    oses = data.get("oses") or {}
-    for name, role in (data.get("roles") or {}).items():
+    oses = _section(data, "oses")
+    for name, role in _section(data, "roles").items():
         if not isinstance(role, dict) or not isinstance(role.get("os"), list):
             continue
+        if not all(isinstance(oses.get(o), dict) for o in role["os"]):
+            continue  # an unknown OS is reported as such; judging the rest would only add noise
         systems = [o for o in role["os"] if isinstance(oses.get(o), dict) and oses[o].get("kind") == "system"]
         if role["os"] and not systems:
             ctx.error(marks[name], f"roles.{name}.os", "needs at least one OS of kind system to install")
 
 
 def check_oses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
-    for name, os_ in (data.get("oses") or {}).items():
+    for name, os_ in _section(data, "oses").items():
         if isinstance(os_, dict) and os_.get("kind") == "iso" and "path" not in os_:
             ctx.error(marks[name], f"oses.{name}", 'missing "path": the ISO file this entry boots')
 
