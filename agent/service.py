@@ -8,6 +8,7 @@ event line with the bound addresses (port 0 picks a free port; tests read it fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import re
@@ -143,10 +144,8 @@ def run(exports: list[Export], listen: list[str], **kwargs: Any) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             if task is not None:
                 loop.add_signal_handler(sig, task.cancel)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await serve(exports, listen, **kwargs)
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(main())
     return 0

@@ -3,6 +3,7 @@ and cross-export links never reach outside; read-only exports refuse every chang
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -51,7 +52,7 @@ async def connect(server: OurServer, aname: str) -> Client:
 
 
 def test_dotdot_stops_at_the_export_root(jail: tuple[OurServer, Path]) -> None:
-    server, base = jail
+    server, _base = jail
 
     async def go() -> None:
         c = await connect(server, "rw")
@@ -160,10 +161,8 @@ def test_symlink_swap_race(jail: tuple[OurServer, Path]) -> None:
                 assert exc.errno in (errno.ELOOP, errno.ENOENT)
                 seen["refused"] += 1
             finally:
-                try:
+                with contextlib.suppress(OSError):
                     await c.clunk(fid)
-                except OSError:
-                    pass
         await c.close()
         return seen
 

@@ -9,6 +9,7 @@ back as NinePError, an OSError with the server's errno.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import struct
@@ -338,10 +339,8 @@ class Client(ClientBase):
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
         self._task.cancel()
 
 
@@ -354,6 +353,7 @@ class TrioClient(ClientBase):
         self.pending: dict[int, Any] = {}
         self.results: dict[int, tuple[int, memoryview] | BaseException] = {}
         self.abandoned: set[int] = set()
+        self.on_close: Callable[[], None] | None = None
         import trio
 
         self._send_lock = trio.Lock()
@@ -389,6 +389,8 @@ class TrioClient(ClientBase):
                 self.results[tag] = ConnectionClosed("9P connection closed")
                 event.set()
             self.pending.clear()
+            if self.on_close is not None:
+                self.on_close()
 
     def _deliver(self, tag: int, mtype: int, body: memoryview) -> None:
         event = self.pending.pop(tag, None)

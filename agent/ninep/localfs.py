@@ -11,6 +11,7 @@ refuse every change with EROFS, and nothing links or renames across exports (EXD
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -43,10 +44,8 @@ class FdRef:
         self.fd = fd
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass
 
 
 @dataclass

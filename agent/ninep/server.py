@@ -453,7 +453,7 @@ class Connection(asyncio.Protocol):
             raise ProtocolError("Twrite count past the end of the message")
         f = self.fid(fid)
         if f.xattr_new is not None:
-            name, size, flags, buf = f.xattr_new
+            _name, size, _flags, buf = f.xattr_new
             if offset != len(buf) or len(buf) + count > size:
                 raise fail(errno.EINVAL, "xattr write out of order or past its size")
             buf += data

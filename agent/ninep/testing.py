@@ -119,7 +119,7 @@ def diod_server(export: str) -> Iterator[str]:
     if exe is None:
         raise FileNotFoundError("diod is not installed (apt-get install diod)")
     port = free_port()
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([exe, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", export, "-L", "stderr"],
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
