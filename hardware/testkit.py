@@ -115,7 +115,19 @@ ip="$(arg ip)"
 if [ -n "$ip" ]; then
   ip link set lo up; ip addr add "$ip" dev eth0 && ip link set eth0 up && ev net ip="$ip" dev=eth0
 fi
-ev ready host="$(arg host)" role="$(arg role)" os=testkit
+host="$(arg host)"; role="$(arg role)"
+# testkit.hosts=NAME:SERIAL:ROLE,...: a stand-in for a universal installer's recognition, by DMI serial.
+hosts="$(arg hosts)"
+if [ -n "$hosts" ]; then
+  serial="$(rd $id/product_serial)"
+  for entry in $(echo "$hosts" | tr , ' '); do
+    h="${entry%%:*}"; rest="${entry#*:}"
+    [ "${rest%%:*}" = "$serial" ] && { host="$h"; role="${rest#*:}"; }
+  done
+  if [ -z "$host" ]; then ev error stage=match message="no host has DMI serial $serial"; poweroff -f; fi
+  ev matched host="$host" role="$role" why="DMI serial $serial"
+fi
+ev ready host="$host" role="$role" os=testkit
 if [ "$(arg hold)" = 1 ]; then
   echo "testkit: shell on the console"
   exec sh
@@ -149,9 +161,12 @@ class TestKit:
     initrd: Path
     kernel_version: str
 
-    def append(self, host: str = "", role: str = "", ip: str = "", hold: bool = False) -> str:
-        """The kernel command line for one boot."""
+    def append(self, host: str = "", role: str = "", ip: str = "", hold: bool = False,
+               hosts: dict[str, tuple[str, str]] | None = None) -> str:  # fmt: skip
+        """The kernel command line for one boot; ``hosts`` maps host → (DMI serial, role)."""
         parts = ["console=ttyS0", "loglevel=4", "mitigations=off", "panic=-1"]
+        if hosts:
+            parts.append("testkit.hosts=" + ",".join(f"{h}:{serial}:{r}" for h, (serial, r) in hosts.items()))
         if host:
             parts.append(f"testkit.host={host}")
         if role:
@@ -362,6 +377,55 @@ def build_initramfs(busybox: Path, modules_dir: Path, order: list[str]) -> bytes
     lines = "".join(f"{m} {MODULE_PARAMS.get(m, '')}".rstrip() + "\n" for m in order)
     archive.file("lib/modules/order", lines.encode())
     return archive.finish()
+
+
+STICK_FILES = {
+    "loader/loader.conf": "default testkit.conf\ntimeout 0\n",
+    "loader/entries/testkit.conf": "title clusterctl test kit\nlinux /vmlinuz\ninitrd /initrd\noptions {append}\n",
+    "syslinux.cfg": "DEFAULT testkit\nPROMPT 0\nLABEL testkit\n KERNEL /vmlinuz\n INITRD /initrd\n APPEND {append}\n",
+}
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
+
+
+def build_stick(kit: TestKit, dest: Path, append: str, size: int = 64 * 2**20) -> Path:
+    """A raw disk image that boots the kit under both firmwares: MBR + one FAT partition (type EF)
+    holding systemd-boot as the removable-media loader (UEFI) and syslinux (BIOS).
+
+    Built on a plain file, without loop devices or mounts (sfdisk, mkfs.vfat --offset, mtools,
+    syslinux --offset), so that the driver's disk and USB boot paths can be tested before the
+    image builder exists.
+    """
+    start = 2048  # sectors: the partition begins at 1 MiB
+    sectors = size // 512
+    tmp = dest.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        f.truncate(size)
+    _run_input(["sfdisk", "--quiet", str(tmp)], f"label: dos\nstart={start}, type=ef, bootable\n")
+    _run(["mkfs.vfat", "-F", "16", "-n", "CLUSTERKIT", f"--offset={start}", "-h", str(start),
+          str(tmp), str((sectors - start) // 2)])  # fmt: skip
+    image = f"{tmp}@@{start * 512}"
+    _run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"])
+    _run(["mcopy", "-i", image, str(SYSTEMD_BOOT), "::/EFI/BOOT/BOOTX64.EFI"])
+    _run(["mcopy", "-i", image, str(kit.kernel), "::/vmlinuz"])
+    _run(["mcopy", "-i", image, str(kit.initrd), "::/initrd"])
+    with tempfile.TemporaryDirectory() as td:
+        for name, text in STICK_FILES.items():
+            local = Path(td) / name.replace("/", "_")
+            local.write_text(text.format(append=append))
+            _run(["mcopy", "-i", image, str(local), f"::/{name}"])
+    _run(["syslinux", "--offset", str(start * 512), "--install", str(tmp)])
+    with tmp.open("r+b") as f:  # the MBR's boot code: jump to the active partition's boot sector
+        f.write(SYSLINUX_MBR.read_bytes()[:440])
+    tmp.rename(dest)
+    return dest
+
+
+def _run_input(cmd: list[str], text: str) -> None:
+    try:
+        subprocess.run(cmd, input=text, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        raise TestKitError(f"{' '.join(cmd)} failed: {e.stderr.strip()}") from None
 
 
 def ensure_testkit(cache_dir: Path | None = None) -> TestKit:
