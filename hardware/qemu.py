@@ -139,6 +139,15 @@ class Machine:
             sock = self._connect_serial(timeout)
             self.console = Console(sock, self.paths.console_log, self.started_at)
             self._qmp = QMP(self.paths.qmp_sock, timeout=timeout)
+        except (QMPError, OSError) as e:
+            # QEMU checks devices only after the console is connected: a refused option ends it here.
+            assert self.proc is not None
+            try:
+                code: int | None = self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.kill()
+            raise MachineSetupError(f"QEMU did not start (status {code}; {e}):\n{self._qemu_log()}") from None
         except BaseException:
             self.kill()
             raise

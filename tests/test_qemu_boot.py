@@ -90,9 +90,13 @@ def test_a_guest_killed_mid_boot_is_detected(boot_machine: BootMachine, testkit:
 
 
 def test_a_wait_that_never_ends_fails_at_its_deadline_with_the_console(
-    boot_machine: BootMachine, testkit: TestKit
+    boot_machine: BootMachine, testkit: TestKit, tmp_path: Path
 ) -> None:
-    m = boot_machine("nano-itx-storage", kernel=testkit.kernel, initrd=testkit.initrd, append=testkit.append(hold=True))
+    stick = tmp_path / "stick.img"
+    with stick.open("wb") as f:
+        f.truncate(16 * 2**20)
+    m = boot_machine("nano-itx-storage", stick, kernel=testkit.kernel, initrd=testkit.initrd,
+                     append=testkit.append(hold=True))  # fmt: skip
     m.wait_for("ready", timeout=BOOT_TIMEOUT)
     # The console takes typing: the kit's shell runs what is typed.
     m.send_serial("ev typed word=hello n:=3\n")
@@ -106,6 +110,17 @@ def test_a_wait_that_never_ends_fails_at_its_deadline_with_the_console(
     assert "testkit: shell on the console" in text  # a console line from the tail
     assert '"event": "ready"' in text  # the events seen so far
     assert m.running  # a missed deadline does not stop the machine
+
+    # Pulling the stick: the guest sees its USB disk go away.
+    m.unplug_stick()
+    m.send_serial("while grep -qs CLUSTERCTL0001 /sys/bus/usb/devices/*/serial; do sleep 0.2; done; ev unplugged\n")
+    m.wait_for("unplugged", timeout=30)
+    # The reset button: the guest boots again, and waiting for ready waits for the new one.
+    m.reset()
+    again = m.wait_for("started", timeout=BOOT_TIMEOUT)
+    assert again["uptime"] < 10
+    m.wait_for("ready", timeout=60)
+    assert len([e for e in m.events if e["event"] == "ready"]) == 2
 
 
 def test_two_guests_on_a_lan_ping_until_a_cable_is_pulled(

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from hardware.board import CHASSIS_TYPES, Board, BoardError, Disk, board_from_dict, board_names, load_board
-from hardware.qemu_cmd import MachineConfig, MachinePaths, build_command, prepare_files, smbios_type3_table
+from hardware.qemu import Machine
+from hardware.qemu_cmd import (
+    MachineConfig,
+    MachinePaths,
+    MachineSetupError,
+    build_command,
+    prepare_files,
+    smbios_type3_table,
+)
 
 BOARDS = board_names()
 
@@ -152,3 +160,25 @@ def test_bad_boards_are_refused_with_a_reason(change: dict[str, object], message
 def test_unknown_board_name_lists_the_known_ones() -> None:
     with pytest.raises(BoardError, match="nano-itx"):
         load_board("no-such-board")
+
+
+def test_more_sata_disks_than_ports_is_refused(tmp_path: Path) -> None:
+    board = load_board("storage-box")
+    extra = [Disk(bus="sata", size=2**30, serial="X1"), Disk(bus="sata", size=2**30, serial="X2")]
+    with pytest.raises(MachineSetupError, match="more than 6 SATA disks"):
+        _prepared(board, tmp_path, extra_disks=extra)
+
+
+def test_a_missing_image_is_refused_before_qemu_starts(tmp_path: Path) -> None:
+    m = Machine(load_board("nano-itx"), tmp_path / "m", boot_image=tmp_path / "absent.img")
+    with pytest.raises(MachineSetupError, match="no image at"):
+        m.start()
+    assert m.proc is None
+
+
+def test_a_qemu_that_cannot_start_reports_its_own_words(tmp_path: Path) -> None:
+    m = Machine(load_board("nano-itx-storage"), tmp_path / "m", macs=["52:54:00:zz:00:01"])
+    with pytest.raises(MachineSetupError, match=r"(?s)QEMU did not start.*52:54:00:zz:00:01"):
+        m.start()
+    assert not m.running
+    m.close()
