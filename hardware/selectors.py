@@ -32,6 +32,7 @@ WEIGHTS: dict[str, float] = {
     "nics": 1.0,
 }
 HOST_KEYS = tuple(WEIGHTS)
+TYPE_NAMES = {"nvme": "NVMe", "ssd": "SSD", "hdd": "HDD", "usb": "USB", "virtio": "virtio", "mmc": "MMC"}
 DISKS_KEYS = ("count", "size", "type", "rotational")
 PIN_KEYS = ("serial", "mac")
 DISK_SELECTOR_KEYS = ("type", "size", "model", "serial", "smallest", "largest", "wipe")
@@ -134,13 +135,13 @@ def disk_fits(disk: dict[str, Any], selector: dict[str, Any], where: str = "disk
     return misses
 
 
-def _disk_words(selector: dict[str, Any]) -> str:
+def _disk_words(selector: dict[str, Any], n: int) -> str:
     words = []
     if "rotational" in selector:
         words.append("rotational" if selector["rotational"] else "solid-state")
     if "type" in selector:
-        words.append(str(selector["type"]).upper() if selector["type"] in ("nvme", "ssd", "hdd") else selector["type"])
-    words.append("disks")
+        words.append(TYPE_NAMES.get(str(selector["type"]), str(selector["type"])))
+    words.append("disk" if n == 1 else "disks")
     if "size" in selector:
         words.append(str(_compare(selector["size"], True, "disks.size")))
     return " ".join(words)
@@ -151,7 +152,7 @@ def _disks_criterion(selector: dict[str, Any], inventory: dict[str, Any]) -> Cri
         raise SelectorError(f"disks: expected a map, got {selector!r}")
     count = _compare(selector.get("count", ">=1"), False, "disks.count")
     counted = [d for d in internal_disks(inventory) if not disk_fits(d, selector, "disks")]
-    words = _disk_words(selector)
+    words = _disk_words(selector, len(counted))
     ok = count.holds(len(counted))
     if ok:
         reason = f"{len(counted)} {words}" + ("" if count.op == "==" else f" ({count} wanted)")
@@ -192,11 +193,13 @@ def evaluate(selector: dict[str, Any], inventory: dict[str, Any]) -> list[Criter
         elif key == "display":
             have = has_display(inventory)
             ok = have == bool(want)
-            out.append(Criterion(key, ok, "display connected" if have else "no display connected", w))
+            reason = "display connected" if have else "no display connected"
+            out.append(Criterion(key, ok, reason if ok else f"{reason} (wanted {'one' if want else 'none'})", w))
         elif key == "battery":
             have = has_battery(inventory)
             ok = have == bool(want)
-            out.append(Criterion(key, ok, "battery present" if have else "no battery", w))
+            reason = "battery present" if have else "no battery"
+            out.append(Criterion(key, ok, reason if ok else f"{reason} (wanted {'one' if want else 'none'})", w))
         elif key == "cpus":
             cmp = _compare(want, False, "cpus")
             have = (inventory.get("cpu") or {}).get("count")
@@ -216,7 +219,8 @@ def evaluate(selector: dict[str, Any], inventory: dict[str, Any]) -> list[Criter
             cmp = _compare(want.get("count", ">=1"), False, "nics.count")
             have = len(inventory.get("nics") or [])
             ok = cmp.holds(have)
-            out.append(Criterion(key, ok, f"{have} NICs" + ("" if ok else f", wanted {cmp}"), w))
+            shown = f"{have} NIC{'' if have == 1 else 's'}"
+            out.append(Criterion(key, ok, shown + ("" if ok else f", wanted {cmp}"), w))
     return out
 
 
@@ -286,8 +290,7 @@ def disk_holds_data(disk: dict[str, Any]) -> bool:
 
 def describe_disk(disk: dict[str, Any]) -> str:
     """``nvme0n1 (NVMe, 256 GB, Samsung SSD 980, S64A...)``."""
-    bits = [str(disk.get("type") or "?").upper() if disk.get("type") in ("nvme", "ssd", "hdd") else
-            str(disk.get("type") or "?"), format_size(disk.get("size") or 0)]
+    bits = [TYPE_NAMES.get(str(disk.get("type")), "?"), format_size(disk.get("size") or 0)]
     if disk.get("model"):
         bits.append(str(disk["model"]))
     if disk.get("serial"):

@@ -11,7 +11,7 @@ means equal. Runs inside the images too: standard library only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 __all__ = ["Comparison", "UnitError", "format_size", "parse_comparison", "parse_count", "parse_size"]
@@ -78,6 +78,7 @@ class Comparison:
     op: str
     value: int
     size: bool = False
+    shown: str = field(default="", compare=False)  # the value as written, for reasons ("8 GiB")
 
     def holds(self, measured: int | None) -> bool:
         if measured is None:
@@ -94,7 +95,7 @@ class Comparison:
 
     def describe(self) -> str:
         """Short human form for reasons: ``≥ 1 TB``, ``= 2``."""
-        shown = format_size(self.value) if self.size else str(self.value)
+        shown = self.shown or (format_size(self.value) if self.size else str(self.value))
         return f"{_SYMBOLS[self.op]} {shown}"
 
     def __str__(self) -> str:
@@ -120,7 +121,12 @@ def parse_comparison(value: str | int, size: bool = False) -> Comparison:
     if rest[0] in "<>=!":
         raise UnitError(f"{value!r} has an unknown operator; use one of {', '.join(OPERATORS)}")
     number = parse_size(rest) if size else parse_count(rest)
-    return Comparison(op, number, size)
+    shown = ""
+    if size:
+        m = _SIZE_RE.match(rest)
+        assert m is not None  # parse_size accepted it
+        shown = f"{m.group(1)} {m.group(2)}" if m.group(2) else format_size(number)
+    return Comparison(op, number, size, shown)
 
 
 def format_size(n: int, binary: bool = False) -> str:
@@ -134,5 +140,6 @@ def format_size(n: int, binary: bool = False) -> str:
         i += 1
     if value.denominator == 1:
         return f"{value.numerator} {units[i]}"
-    shown = f"{float(value):.1f}" if value < 100 else f"{float(value):.0f}"
-    return f"{shown} {units[i]}"
+    # Three significant figures at most, like a disk's label: 32 GB, 1.5 TB, 256 GB.
+    shown = f"{float(value):.1f}" if value < 10 else f"{round(float(value))}"
+    return f"{shown.removesuffix('.0')} {units[i]}"
