@@ -18,7 +18,9 @@ from builder import __version__
 COMMAND_MODULES: list[str] = [
     "builder.commands.profile_cmds",  # validate, plan, schema, docs
     "agent.cli",  # agent serve, agent mount
+    "hardware.inventory_cli",  # inventory (detect, --suggest, --match)
     "hardware.testcmd",  # boot, test (QEMU)
+    "builder.commands.build_cmds",  # build, flash
 ]
 
 EXIT_USAGE = 2

@@ -304,7 +304,7 @@ def describe_contents(disk: dict[str, Any]) -> str:
         return "empty"
     parts = []
     for p in disk.get("partitions") or []:
-        fs = p.get("filesystem") or "unknown"
+        fs = p.get("filesystem") or p.get("part_label") or "no file system"
         parts.append(f"{fs} {p['label']}" if p.get("label") else fs)
     head = disk.get("partition_table") or disk.get("filesystem") or "data"
     return f"{head}: {', '.join(parts)}" if parts else str(head)
