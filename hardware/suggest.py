@@ -11,8 +11,14 @@ import json
 import re
 from typing import Any
 
-from hardware.selectors import describe_contents, disk_holds_data, has_battery, has_display, internal_disks, \
-    usable_serial
+from hardware.selectors import (
+    describe_contents,
+    disk_holds_data,
+    has_battery,
+    has_display,
+    internal_disks,
+    usable_serial,
+)
 from hardware.summary import machine_name
 from hardware.units import format_size
 
