@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "agent.cli",  # agent serve, agent mount
     "hardware.inventory_cli",  # inventory (detect, --suggest, --match)
     "hardware.testcmd",  # boot, test (QEMU)
+    "builder.commands.build_cmds",  # build, flash
 ]
 
 EXIT_USAGE = 2

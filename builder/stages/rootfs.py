@@ -67,8 +67,11 @@ def mmdebstrap_argv(spec: RootfsSpec, output: Path) -> list[str]:
         charset = lang.split(".", 1)[1] if "." in lang else "UTF-8"
         argv.append(f"--customize-hook=echo '{lang} {charset}' > \"$1/etc/locale.gen\" && "
                     'chroot "$1" locale-gen')
-    # The machine id is made on first boot, per host; an empty file tells systemd so.
-    argv.append('--customize-hook=: > "$1/etc/machine-id"; rm -f "$1/var/lib/dbus/machine-id"')
+    # The machine id is made on first boot, per host; an empty file tells systemd so. Host keys
+    # made by openssh-server's postinst would be shared by every host (and sit in the cache):
+    # each image gets its own (builder/secrets.py).
+    argv.append('--customize-hook=: > "$1/etc/machine-id"; rm -f "$1/var/lib/dbus/machine-id" '
+                '"$1"/etc/ssh/ssh_host_*')
     argv.append("--customize-hook=" + _UNDIVERT_AND_BUILD)
     argv.append('--customize-hook=rm -rf "$1/var/cache/apt/archives"/*.deb "$1/var/lib/apt/lists"/*_Packages')
     argv += [spec.suite, str(output), spec.mirror]
@@ -81,6 +84,7 @@ def build_rootfs(spec: RootfsSpec, output: Path, log: Path, on_line: LineSink | 
     return describe_rootfs(output)
 
 
+ACCOUNT_FILES = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
 _KERNEL = re.compile(r"^\.?/?boot/vmlinuz-(.+)$")
 
 
@@ -90,6 +94,7 @@ def describe_rootfs(tar_path: Path) -> dict[str, Any]:
     members: dict[str, tarfile.TarInfo] = {}
     size = 0
     status = b""
+    accounts: dict[str, dict[str, int]] = {}
     with tarfile.open(tar_path, "r:") as tar:
         for m in tar:
             name = m.name.removeprefix("./")
@@ -99,6 +104,8 @@ def describe_rootfs(tar_path: Path) -> dict[str, Any]:
             elif name == "var/lib/dpkg/status":
                 f = tar.extractfile(m)
                 status = f.read() if f else b""
+            elif name in ACCOUNT_FILES:
+                accounts[name] = {"offset": m.offset_data, "size": m.size}
     for name, m in members.items():
         km = _KERNEL.match(name)
         if not km:
@@ -110,7 +117,7 @@ def describe_rootfs(tar_path: Path) -> dict[str, Any]:
             "initrd": {"offset": initrd.offset_data, "size": initrd.size} if initrd else None,
         }
     return {"kernels": kernels, "packages": parse_dpkg_status(status.decode("utf-8", "replace")),
-            "content_bytes": size}
+            "content_bytes": size, "accounts": accounts}
 
 
 def parse_dpkg_status(text: str) -> dict[str, str]:
@@ -125,6 +132,15 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
         if fields.get("Package") and "installed" in fields.get("Status", "").split():
             out[fields["Package"]] = fields.get("Version", "")
     return dict(sorted(out.items()))
+
+
+def read_member_bytes(tar_path: Path, where: dict[str, int]) -> bytes:
+    with open(tar_path, "rb") as src:
+        src.seek(where["offset"])
+        data = src.read(where["size"])
+    if len(data) != where["size"]:
+        raise OSError(f"{tar_path} ends before its member at {where['offset']}")
+    return data
 
 
 def read_member(tar_path: Path, where: dict[str, int], dest: Path) -> None:

@@ -1,0 +1,133 @@
+"""Disk images: a GPT written with sfdisk onto a sparse file, partitions copied into place.
+
+The image is assembled under a temporary name beside its final path, with the host secrets
+written into its root partitions through debugfs (no mount), its .bmap computed from the
+sparse map, optionally converted to qcow2, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.bmap import write_bmap
+from builder.sparse import copy_sparse
+from builder.stages.esp import GPTMBR
+from builder.tools import LineSink, ToolError, ToolRunner
+
+SECTOR = 512
+ALIGN = 1024 * 1024
+GPT_TAIL = 33 * SECTOR  # backup GPT entries + header at the end of the disk
+
+
+@dataclass
+class PlacedPartition:
+    name: str
+    file: Path
+    start: int  # bytes
+    size: int
+    type: str
+    uuid: str
+    legacy_boot: bool = False
+
+
+class ImageTooSmall(ValueError):
+    pass
+
+
+def layout(parts: list[dict[str, Any]], files: dict[str, Path], image_size: int) -> list[PlacedPartition]:
+    """Place partitions one after another from 1 MiB, each aligned to 1 MiB."""
+    placed: list[PlacedPartition] = []
+    pos = ALIGN
+    for p in parts:
+        f = files[p["stage"]]
+        size = (f.stat().st_size + ALIGN - 1) // ALIGN * ALIGN
+        placed.append(PlacedPartition(p["name"], f, pos, size, p["type"], p["uuid"], bool(p.get("legacy_boot"))))
+        pos += size
+    if pos + GPT_TAIL > image_size:
+        need = (pos + GPT_TAIL + ALIGN - 1) // ALIGN
+        raise ImageTooSmall(f"the image size ({image_size // ALIGN} MiB) is too small for its partitions: "
+                            f"at least {need} MiB are needed")
+    return placed
+
+
+def sfdisk_script(placed: list[PlacedPartition], disk_uuid: str) -> str:
+    lines = ["label: gpt", f"label-id: {disk_uuid}", "unit: sectors", "first-lba: 2048", ""]
+    for p in placed:
+        attrs = ', attrs="LegacyBIOSBootable"' if p.legacy_boot else ""
+        lines.append(f'start={p.start // SECTOR}, size={p.size // SECTOR}, type={p.type}, uuid={p.uuid}, '
+                     f'name="{p.name}"{attrs}')
+    return "\n".join(lines) + "\n"
+
+
+def inject_files(image: Path, offset: int, files: list[tuple[Path, str, int]], log: Path) -> None:
+    """Write files into the ext4 file system at ``offset`` of ``image`` (debugfs, no mount).
+
+    ``files``: (source on the build machine, absolute path inside, mode). Folders are made
+    as needed (root-owned, 0700 for the secrets' own folder).
+    """
+    cmds: list[str] = []
+    made: set[str] = set()
+    for _src, dest, _mode in files:
+        parts = dest.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in made:
+                made.add(d)
+                cmds.append(f'mkdir "{d}"')
+    for src, dest, mode in files:
+        cmds += [f'rm "{dest}"', f'write "{src}" "{dest}"', f'sif "{dest}" mode 0{0o100000 | mode:o}',
+                 f'sif "{dest}" uid 0', f'sif "{dest}" gid 0']
+    script = "\n".join(cmds) + "\n"
+    target = f"{image}?offset={offset}"
+    with open(log, "a", encoding="utf-8") as lf:
+        lf.write(f"$ debugfs -w -f - {target}  # {len(files)} secret file(s)\n")
+        proc = subprocess.run(["debugfs", "-w", "-f", "-", target], input=script.encode(),
+                              capture_output=True)
+        # debugfs keeps going after a failed command ("mkdir: exists" is expected); only the
+        # writes matter, and they are checked below by reading the inodes back.
+        lf.write(proc.stderr.decode("utf-8", "replace"))
+    check = subprocess.run(["debugfs", "-R", "ls -l " + " ".join(sorted({f'"{d}"' for _, d, _ in files})),
+                            target], capture_output=True, text=True)
+    if proc.returncode != 0 or any(Path(d).name not in check.stdout for _, d, _ in files):
+        raise ToolError(f"debugfs could not write the secrets into the partition at {offset}", log)
+
+
+def assemble(placed: list[PlacedPartition], image_size: int, disk_uuid: str, tmp: Path, log: Path,
+             on_line: LineSink | None = None) -> None:
+    with open(tmp, "wb") as f:
+        f.truncate(image_size)
+    ToolRunner(log, on_line).run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(tmp)],
+                                 stdin_bytes=sfdisk_script(placed, disk_uuid).encode())
+    fd = os.open(tmp, os.O_WRONLY)
+    try:
+        # Legacy BIOS: syslinux's GPT-aware MBR code boots the legacy-bootable partition. Only
+        # the code area is written; the protective MBR's partition table stays.
+        os.pwrite(fd, GPTMBR.read_bytes()[:440], 0)
+        for p in placed:
+            copy_sparse(str(p.file), fd, p.start)
+    finally:
+        os.close(fd)
+
+
+def finish(tmp: Path, final: Path, fmt: str, log: Path, on_line: LineSink | None = None) -> dict[str, Any]:
+    """Bmap, qcow2 conversion, then rename into place. Returns facts for the manifest."""
+    facts: dict[str, Any] = {}
+    if fmt == "qcow2":
+        qtmp = tmp.with_name(tmp.name + ".qcow2")
+        ToolRunner(log, on_line).run(["qemu-img", "convert", "-O", "qcow2", str(tmp), str(qtmp)])
+        tmp.unlink()
+        os.replace(qtmp, final)
+        facts["bmap"] = None
+    else:
+        bmap_path = final.with_name(final.name + ".bmap")
+        bmap = write_bmap(tmp, bmap_path.with_name(bmap_path.name + ".next"))
+        # No fsync: the renames guard against interrupted builds (the page cache outlives a
+        # killed process); flushing 1 GB here would only slow every rebuild.
+        os.replace(bmap_path.with_name(bmap_path.name + ".next"), bmap_path)
+        os.replace(tmp, final)
+        facts["bmap"] = {"path": bmap_path.name, "mapped_bytes": bmap.mapped_blocks * bmap.block_size}
+    return facts
