@@ -26,6 +26,7 @@ class Console:
         self.log_path = log_path
         self.started = started
         self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.line_count = 0  # lines ever received; self.lines holds the last of them
         self.events: list[Event] = []
         self.times: list[float] = []  # seconds since start, one per event
         self.closed = False
@@ -54,17 +55,16 @@ class Console:
             self._cond.notify_all()
 
     def _feed(self, chunk: bytes) -> None:
-        data = self._partial + chunk
-        *complete, self._partial = data.split(b"\n")
-        with self._cond:
+        with self._cond:  # an RLock: wait()'s checks may call tail() while holding it
+            *complete, self._partial = (self._partial + chunk).split(b"\n")
             for raw in complete:
                 self._line(raw)
-            if complete:
-                self._cond.notify_all()
+            self._cond.notify_all()  # a prompt without a newline may be what someone waits for
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").replace("\r", "")
         self.lines.append(text)
+        self.line_count += 1
         event = parse_line(text)
         if event is not None:
             self.events.append(event)
@@ -82,6 +82,11 @@ class Console:
                 if left <= 0:
                     return None
                 self._cond.wait(min(left, 0.5))
+
+    def lines_since(self, count: int) -> list[str]:
+        """Complete lines received after the first ``count`` (as many as are still kept)."""
+        new = self.line_count - count
+        return list(self.lines)[-new:] if new > 0 else []
 
     def send(self, text: str | bytes) -> None:
         data = text.encode() if isinstance(text, str) else text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -312,6 +313,32 @@ class Machine:
             code = self.proc.wait(10) if self.proc is not None else None
             raise MachineExited(self.explain(f"QEMU ended (status {code}) before {_describe(match)}"))
         raise MachineTimeout(self.explain(f"no {_describe(match)} within {timeout:.0f} s"))
+
+    def wait_for_line(self, pattern: str, timeout: float = 300.0, since: int = 0) -> str:
+        """The first console line (of this run, after line ``since``) that matches a regex.
+
+        For systems that write no events, such as a plain Debian waiting at ``login:``.
+        A line still being written (a prompt) is matched as received so far.
+        """
+        if self.console is None:
+            raise MachineError(f"machine {self.name} was never started")
+        console = self.console
+        regex = re.compile(pattern)
+
+        def find() -> str | None:
+            lines = console.lines_since(since)
+            partial = console.tail(1)
+            for line in [*lines, *partial[-1:]]:
+                if regex.search(line):
+                    return line
+            return None
+
+        found = console.wait(find, timeout)
+        if found:
+            return found
+        if console.closed or not self.running:
+            raise MachineExited(self.explain(f"QEMU ended before a console line matching {pattern!r}"))
+        raise MachineTimeout(self.explain(f"no console line matching {pattern!r} within {timeout:.0f} s"))
 
     def explain(self, what: str) -> str:
         elapsed = time.monotonic() - self.started_at if self.started_at else 0.0

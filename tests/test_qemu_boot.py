@@ -98,6 +98,8 @@ def test_a_wait_that_never_ends_fails_at_its_deadline_with_the_console(
     m = boot_machine("nano-itx-storage", stick, kernel=testkit.kernel, initrd=testkit.initrd,
                      append=testkit.append(hold=True))  # fmt: skip
     m.wait_for("ready", timeout=BOOT_TIMEOUT)
+    assert m.wait_for_line(r"shell on the console$", timeout=10) == "testkit: shell on the console"
+    assert m.wait_for_line(r"^/ # ", timeout=10).startswith("/ # ")  # the prompt: a line without its newline
     # The console takes typing: the kit's shell runs what is typed.
     m.send_serial("ev typed word=hello n:=3\n")
     assert m.wait_for("typed", timeout=30) == {"event": "typed", "word": "hello", "n": 3}
