@@ -64,7 +64,9 @@ class ClientBase:
                 raise ProtocolError(f"reply frame of {size} bytes")
             if len(buf) - pos < size:
                 break
-            body = memoryview(bytes(buf[pos + HEADER_SIZE:pos + size]))
+            skip = HEADER_SIZE + 4 if mtype == proto.RREAD and size >= HEADER_SIZE + 4 else HEADER_SIZE
+            with memoryview(buf) as view:
+                body = memoryview(view[pos + skip:pos + size].tobytes())
             pos += size
             deliver(tag, mtype, body)
         del buf[:pos]
@@ -146,8 +148,10 @@ class ClientBase:
         frame = _TREAD.pack(HEADER_SIZE + 16, proto.TREAD, tag, fid, offset, count)
         rtype, rbody = await self._rpc(frame, tag)
         if rtype == proto.RREAD:
-            (n,) = _U32.unpack_from(rbody)
-            return bytes(rbody[4:4 + n])
+            # The transport hands over an Rread's data without its count (the frame size
+            # says it), in a bytes object of its own: returned as is, no further copy.
+            data = rbody.obj
+            return data if isinstance(data, bytes) and len(data) == len(rbody) else bytes(rbody)
         if rtype == proto.RLERROR:
             raise NinePError(_U32.unpack_from(rbody)[0], "Tread")
         raise ProtocolError(f"Tread answered by type {rtype}")
@@ -251,43 +255,87 @@ class ClientBase:
             view = view[n:]
 
 
+class _Stream(asyncio.BufferedProtocol):
+    """Receives straight into one reusable buffer; each reply body is copied out once."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.buf = bytearray(1 << 16)
+        self.filled = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.buf) - self.filled < 4096:
+            self._grow(len(self.buf) * 2)
+        return memoryview(self.buf)[self.filled:]
+
+    def _grow(self, size: int) -> None:
+        if size > len(self.buf):
+            new = bytearray(size)
+            new[:self.filled] = self.buf[:self.filled]
+            self.buf = new
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        buf, end, pos = self.buf, self.filled, 0
+        deliver = self.client._deliver
+        with memoryview(buf) as view:
+            while end - pos >= HEADER_SIZE:
+                size, mtype, tag = HEADER.unpack_from(buf, pos)
+                if size < HEADER_SIZE:
+                    if self.client.transport is not None:
+                        self.client.transport.abort()
+                    return
+                if end - pos < size:
+                    break
+                # An Rread body is delivered as its data alone (see ClientBase.read).
+                skip = HEADER_SIZE + 4 if mtype == proto.RREAD and size >= HEADER_SIZE + 4 else HEADER_SIZE
+                deliver(tag, mtype, memoryview(view[pos + skip:pos + size].tobytes()))
+                pos += size
+        if pos:
+            rest = end - pos
+            if rest:
+                buf[:rest] = buf[pos:end]
+            self.filled = rest
+        if self.filled >= 4:
+            (size,) = _U32.unpack_from(self.buf, 0)
+            if size > len(self.buf):
+                self._grow(size)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lost()
+
+
 class Client(ClientBase):
     """The asyncio transport. ``await Client.connect("127.0.0.1:5640")`` (or ``unix:PATH``)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.reader = reader
-        self.writer = writer
+        self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[int, memoryview]]] = {}
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.lost = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def connect(cls, address: str, msize: int = proto.MAX_MSIZE, version: bool = True) -> Client:
+        loop = asyncio.get_running_loop()
+        client = cls()
         if address.startswith("unix:"):
-            reader, writer = await asyncio.open_unix_connection(address[5:], limit=2 * proto.MAX_MSIZE)
+            transport, _p = await loop.create_unix_connection(lambda: _Stream(client), address[5:])
         else:
             host, _, port = address.rpartition(":")
-            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=2 * proto.MAX_MSIZE)
-        client = cls(reader, writer)
+            transport, _p = await loop.create_connection(lambda: _Stream(client), host.strip("[]"), int(port))
+        client.transport = transport
         if version:
             await client.version(msize)
         return client
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(1 << 20)
-                if not data:
-                    break
-                self._feed(data, self._deliver)
-        except (ConnectionError, ProtocolError, OSError):
-            pass
-        finally:
-            self.closed = True
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionClosed("9P connection closed"))
-            self.pending.clear()
+    def _lost(self) -> None:
+        self.closed = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosed("9P connection closed"))
+        self.pending.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     def _deliver(self, tag: int, mtype: int, body: memoryview) -> None:
         fut = self.pending.pop(tag, None)
@@ -298,6 +346,11 @@ class Client(ClientBase):
         if not fut.done():
             fut.set_result((mtype, body))
 
+    def _write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise ConnectionClosed("9P connection closed")
+        self.transport.write(data)
+
     async def _rpc(self, frame: bytes, tag: int) -> tuple[int, memoryview]:
         if self.closed:
             if tag != NOTAG:
@@ -305,7 +358,7 @@ class Client(ClientBase):
             raise ConnectionClosed("9P connection closed")
         fut: asyncio.Future[tuple[int, memoryview]] = asyncio.get_running_loop().create_future()
         self.pending[tag] = fut
-        self.writer.write(frame)
+        self._write(frame)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -330,18 +383,20 @@ class Client(ClientBase):
         """Send a prepared frame and return its pending reply (tests pipeline with this)."""
         fut: asyncio.Future[tuple[int, memoryview]] = asyncio.get_running_loop().create_future()
         self.pending[tag] = fut
-        self.writer.write(frame)
+        self._write(frame)
         return fut
 
     async def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        self._write(data)
+        await asyncio.sleep(0)
+        if self.closed:
+            raise ConnectionClosed("9P connection closed")
 
     async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-        self._task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), 2)
 
 
 class TrioClient(ClientBase):

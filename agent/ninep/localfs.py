@@ -384,6 +384,9 @@ class LocalHandle(Handle):
     def read(self, offset: int, count: int) -> bytes:
         return os.pread(self.fd, count, offset)
 
+    def read_into(self, offset: int, view: memoryview) -> int:
+        return os.preadv(self.fd, [view], offset)
+
     def write(self, offset: int, data: bytes) -> int:
         return os.pwrite(self.fd, data, offset)
 

@@ -27,6 +27,8 @@ from agent.ninep.proto import HEADER, HEADER_SIZE, NOFID, NOTAG, ProtocolError, 
 log = logging.getLogger("agent.ninep")
 
 MAX_FIDS = 32768
+RECV_START = 65536
+BATCH_FRAME_MAX = 65536
 MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) before reading pauses
 XATTR_SIZE_MAX = 65536
 
@@ -130,14 +132,19 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.msize = server.max_msize
         self.versioned = False
         self.fids: dict[int, Fid] = {}
         self.waiting: dict[int, asyncio.Task[None]] = {}
-        self.buf = bytearray()
+        # Frames are received straight into this buffer and handled in place (a Twrite's data
+        # goes from here to pwrite without a copy); it grows to the largest frame seen.
+        self.rbuf = bytearray(RECV_START)
+        self.filled = 0
+        self.spare: bytearray | None = None  # reply buffer for reads, reused once sent
+        self.batch: list[bytes | bytearray] | None = None  # replies waiting for one write
         self.transport: asyncio.Transport | None = None
         self.paused_write = False
         self.paused_read = False
@@ -209,36 +216,70 @@ class Connection(asyncio.Protocol):
         self.fids.clear()
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        if self.closed or self.transport is None:
+            return
+        if self.batch is not None and len(data) <= BATCH_FRAME_MAX:
+            # Replies to requests that arrived together leave in one write (one syscall):
+            # copied, since a memoryview here may point into a buffer that is reused.
+            self.batch.append(bytes(data) if isinstance(data, memoryview) else data)
+            return
+        self.flush_batch()
+        self.transport.write(data)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        if buf:
-            buf += data
-            src: bytes | bytearray = buf
-        else:
-            src = data  # the common case: parse straight from what arrived
+    def flush_batch(self) -> None:
+        batch = self.batch
+        if batch:
+            self.batch = []
+            if self.transport is not None and not self.closed:
+                self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.rbuf) - self.filled < 4096:
+            self._grow(len(self.rbuf) * 2)
+        return memoryview(self.rbuf)[self.filled:]
+
+    def _grow(self, size: int) -> None:
+        size = min(max(size, RECV_START), self.msize + RECV_START)
+        if size > len(self.rbuf):
+            new = bytearray(size)
+            new[:self.filled] = self.rbuf[:self.filled]
+            self.rbuf = new
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        buf = self.rbuf
+        end = self.filled
         pos = 0
-        end = len(src)
-        while end - pos >= 4 and not self.closed:
-            (size,) = _U32.unpack_from(src, pos)
-            if size < HEADER_SIZE or size > self.msize:
-                self.drop(f"frame of {size} bytes (msize {self.msize})")
-                return
-            if end - pos < size:
-                break
-            frame = src[pos:pos + size] if src is buf else (src if pos == 0 and size == end else src[pos:pos + size])
-            pos += size
-            self.dispatch(bytes(frame) if src is buf else frame)
-        if src is buf:
-            del buf[:pos]
-        elif pos < end:
-            buf += data[pos:]
+        self.batch = []
+        try:
+            with memoryview(buf) as view:
+                while end - pos >= 4 and not self.closed:
+                    (size,) = _U32.unpack_from(buf, pos)
+                    if size < HEADER_SIZE or size > self.msize:
+                        self.batch = None
+                        self.drop(f"frame of {size} bytes (msize {self.msize})")
+                        return
+                    if end - pos < size:
+                        break
+                    # Handlers use the frame only until they return (async ones copy what they keep).
+                    self.dispatch(view[pos:pos + size])
+                    pos += size
+        finally:
+            self.flush_batch()
+            self.batch = None
+        if pos:
+            rest = end - pos
+            if rest:
+                buf[:rest] = buf[pos:end]
+            self.filled = rest
+        if self.filled >= 4:
+            (size,) = _U32.unpack_from(self.rbuf, 0)
+            if HEADER_SIZE <= size <= self.msize and size > len(self.rbuf):
+                self._grow(size)
 
-    def dispatch(self, frame: bytes) -> None:
+    def dispatch(self, frame: memoryview) -> None:
         _size, mtype, tag = HEADER.unpack_from(frame)
-        body = memoryview(frame)[HEADER_SIZE:]
+        body = frame[HEADER_SIZE:]
         handler = self.handlers.get(mtype)
         try:
             if handler is None:
@@ -425,7 +466,7 @@ class Connection(asyncio.Protocol):
         q = node.qid()
         return _RLOPEN.pack(_RLOPEN.size, proto.RLCREATE, tag, q.type, q.version, q.path, 0)
 
-    def t_read(self, tag: int, body: memoryview) -> bytes | Coroutine[Any, Any, bytes]:
+    def t_read(self, tag: int, body: memoryview) -> bytes | Coroutine[Any, Any, bytes] | None:
         fid, offset, count = _RD.unpack_from(body)
         f = self.fid(fid)
         count = self.io_limit(count)
@@ -437,10 +478,29 @@ class Connection(asyncio.Protocol):
             raise fail(errno.EBADF, "fid not open")
         if f.isdir:
             raise fail(errno.EISDIR)
+        read_into = getattr(h, "read_into", None)
+        if read_into is not None:
+            return self._read_into(tag, read_into, offset, count)
         result = h.read(offset, count)
         if inspect.isawaitable(result):
             return self._await_read(tag, result)
         return _RREAD_HDR.pack(proto.READ_HDR + len(result), proto.RREAD, tag, len(result)) + result
+
+    def _read_into(self, tag: int, read_into: Callable[[int, memoryview], int], offset: int, count: int) -> None:
+        """Read file data straight into a reply buffer: one copy, no allocation per read."""
+        size = proto.READ_HDR + count
+        buf = self.spare
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, min(self.msize, 1 << 20)))
+        self.spare = None
+        with memoryview(buf) as view:
+            n = read_into(offset, view[proto.READ_HDR:size])
+            _RREAD_HDR.pack_into(buf, 0, proto.READ_HDR + n, proto.RREAD, tag, n)
+            self.send(view[:proto.READ_HDR + n])
+        # Reuse the buffer only if the transport sent it all and so keeps no reference to it.
+        if self.transport is not None and self.transport.get_write_buffer_size() == 0:
+            self.spare = buf
+        return None
 
     async def _await_read(self, tag: int, pending: Awaitable[bytes]) -> bytes:
         data = await pending
