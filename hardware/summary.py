@@ -98,11 +98,12 @@ def summary_lines(inv: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render(inv: dict[str, Any]) -> Any:
     """A rich Table of summary_lines()."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for label, text in summary_lines(inv):
-        table.add_row(label, text)
+        table.add_row(label, escape(text))
     return table

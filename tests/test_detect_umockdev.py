@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.hwfixtures import ROOT, SHAPES, SYSTEM_PYTHON, detect, load_inventory, need_umockdev
+from tests.hwfixtures import ROOT, SHAPES, SYSTEM_PYTHON, detect, load_inventory, need_umockdev, run_under_umockdev
 
 SCHEMA = json.loads((ROOT / "hardware" / "inventory.schema.json").read_text())
 
@@ -136,3 +136,16 @@ def test_runs_on_debian_python() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("0.24"), sys.version
+
+
+def test_inventory_command_on_a_recorded_laptop(tmp_path: Path) -> None:
+    """`clusterctl inventory` (summary and --json) on the laptop, replayed by umockdev."""
+    code = "import sys; from builder.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = run_under_umockdev("laptop", code, "inventory", python=sys.executable)
+    assert done.returncode == 0, done.stderr
+    assert "LENOVO 20XW0026GE (serial PF2ABCDE)" in done.stdout and "eDP-1 connected" in done.stdout
+    assert "present (87%)" in done.stdout
+    as_json = run_under_umockdev("laptop", code, "inventory", "--json", python=sys.executable)
+    inv = json.loads(as_json.stdout)
+    jsonschema.validate(inv, SCHEMA)
+    assert inv["system"]["chassis"]["name"] == "laptop" and inv["power"]["battery"]

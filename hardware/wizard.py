@@ -1,0 +1,287 @@
+"""The first-boot wizard: which host is this box, where does it install, and does the person agree?
+
+On the console (rich): what was found, the proposed host and role with the reasons, the target
+disk with what is on it now, the OSes to install; then install, pick another host, or drop to a
+shell (the wizard comes back when the shell exits). Unattended mode (``cluster.unattended`` or
+``--unattended``) installs without asking when the match is certain and the disk is safe to use.
+
+Emits the ``inventory`` and ``matched`` events (agent/events.py). Writes the decision as JSON for
+the installer and claims the host in the ledger. Runs in the images: Debian python3, python3-rich.
+
+    python3 -m hardware.wizard --profile PROFILE.json --inventory INV.json --decision OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.markup import escape
+
+from hardware import ledger as ledger_mod
+from hardware.match import Candidate, MatchResult, rank
+from hardware.selectors import DiskChoice, SelectorError, choose_disk, describe_contents, describe_disk
+from hardware.summary import event_fields, machine_name, render
+
+EXIT_DECIDED, EXIT_QUIT, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Decision:
+    """What the installer needs: the host, its role, the disk, the OSes, and how it was chosen."""
+
+    host: str
+    role: str | None
+    score: float
+    outcome: str
+    chosen_by: str  # "unattended" | "person"
+    disk: str | None
+    disk_path: str | None
+    wipe: bool
+    oses: list[str] = field(default_factory=list)
+    why: list[str] = field(default_factory=list)
+
+
+class Wizard:
+    def __init__(self, profile: dict[str, Any], inventory: dict[str, Any], *, ledger_path: str | None = None,
+                 hosts: list[str] | None = None, unattended: bool | None = None, console: Any = None,
+                 events: TextIO | None = None, ask: Callable[[str], str] | None = None,
+                 shell: str | None = None) -> None:
+        from rich.console import Console
+
+        self.profile, self.inventory = profile, inventory
+        self.ledger_path = ledger_path
+        self.ledger = ledger_mod.load(ledger_path) if ledger_path else None
+        self.hosts = hosts
+        cluster = profile.get("cluster") or {}
+        self.unattended = bool(cluster.get("unattended")) if unattended is None else unattended
+        self.console = console or Console(highlight=False)
+        self.events = events if events is not None else sys.stdout
+        self.ask = ask or (lambda prompt: self.console.input(escape(prompt)))
+        self.shell = shell or os.environ.get("SHELL") or "/bin/sh"
+
+    # --- output ------------------------------------------------------------------------
+
+    def say(self, text: str = "") -> None:
+        self.console.print(text)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        from agent.events import emit
+
+        emit(event, stream=self.events, **fields)
+
+    def oses_of(self, role: str | None) -> list[str]:
+        r = (self.profile.get("roles") or {}).get(role) or {}
+        return list(r.get("os") or [])
+
+    def describe_oses(self, names: list[str]) -> str:
+        oses = self.profile.get("oses") or {}
+        out = []
+        for i, name in enumerate(names):
+            o = oses.get(name) or {}
+            kind = o.get("kind", "system")
+            what = f"{o.get('distro', 'debian')} {o.get('suite', '')}".strip() if kind == "system" else kind
+            out.append(f"{name} ({what}{', default' if i == 0 else ''})")
+        return ", ".join(out) or "none"
+
+    def disk_for(self, host: str) -> DiskChoice:
+        h = (self.profile.get("hosts") or {}).get(host) or {}
+        selector = (h.get("install") or {}).get("disk") or {}
+        try:
+            return choose_disk(selector, self.inventory)
+        except SelectorError as e:
+            return DiskChoice(None, [], [], str(e))
+
+    # --- screens -----------------------------------------------------------------------
+
+    def show_found(self) -> None:
+        self.say(f"[bold]clusterctl first boot[/bold] — cluster "
+                 f"[bold]{escape(str((self.profile.get('cluster') or {}).get('name', '?')))}[/bold]")
+        self.say(f"\n[bold]What was found[/bold]: {escape(machine_name(self.inventory))}")
+        self.console.print(render(self.inventory))
+
+    def show_list(self, cands: list[Candidate], title: str) -> None:
+        self.say(f"\n[bold]{escape(title)}[/bold]")
+        for i, c in enumerate(cands, start=1):
+            state = "" if c.eligible else f"  [dim](no: {escape(str(c.excluded))})[/dim]"
+            self.say(f"  {i}. {c.host} (role {c.role}, score {c.score:.2f}): {escape('; '.join(c.reasons))}{state}")
+
+    def show_proposal(self, c: Candidate, disk: DiskChoice) -> None:
+        self.say(f"\n[bold]This is {c.host}[/bold], role [bold]{c.role}[/bold] (score {c.score:.2f})")
+        for r in c.reasons:
+            self.say(f"  • {escape(r)}")
+        if not c.eligible:
+            self.say(f"  [yellow]Note: chosen by hand; the profile says no: {escape(str(c.excluded))}[/yellow]")
+        if disk.disk is None:
+            self.say(f"[red]No install disk:[/red] {escape(str(disk.error))}")
+        else:
+            d = disk.disk
+            self.say(f"Install to: {escape(describe_disk(d))} — now {escape(describe_contents(d))}")
+            if disk.holds_data:
+                verdict = "the profile allows wiping it" if disk.wipe_allowed else "you will be asked to confirm"
+                self.say(f"  [yellow]It holds data that will be erased; {verdict}.[/yellow]")
+        self.say(f"OSes: {escape(self.describe_oses(self.oses_of(c.role)))}")
+
+    # --- flow --------------------------------------------------------------------------
+
+    def drop_to_shell(self) -> None:
+        self.say(f"Starting {escape(self.shell)}; exit it to come back here.")
+        self.console.file.flush()
+        try:
+            subprocess.call([self.shell])
+        except OSError as e:
+            self.say(f"[red]cannot start {escape(self.shell)}: {escape(str(e))}[/red]")
+        self.say("Back in the first-boot wizard.")
+
+    def pick(self, cands: list[Candidate], prompt: str) -> Candidate | str:
+        """A candidate by number, or 's' / 'q'."""
+        while True:
+            answer = self.ask(prompt).strip().lower()
+            if answer in ("s", "q"):
+                return answer
+            if answer.isdigit() and 1 <= int(answer) <= len(cands):
+                return cands[int(answer) - 1]
+            self.say(f"Please answer 1-{len(cands)}, s or q.")
+
+    def confirm_wipe(self, disk: dict[str, Any]) -> bool:
+        token = disk.get("serial") or disk["name"]
+        answer = self.ask(f"{disk['name']} holds {describe_contents(disk)}. Type its serial {token} to erase it "
+                          "(anything else goes back): ").strip()
+        return answer == token
+
+    def decide(self, c: Candidate, disk: DiskChoice, result: MatchResult, chosen_by: str) -> Decision:
+        d = disk.disk or {}
+        decision = Decision(
+            host=c.host, role=c.role, score=c.score, outcome=result.outcome, chosen_by=chosen_by,
+            disk=d.get("name"), disk_path=d.get("path"), wipe=bool(disk.holds_data),
+            oses=self.oses_of(c.role), why=c.reasons,
+        )
+        self.emit("matched", host=c.host, role=c.role, score=c.score, outcome=result.outcome, why=c.reasons,
+                  chosen_by=chosen_by, disk=decision.disk_path, wipe=decision.wipe)
+        if self.ledger_path is not None and self.ledger is not None:
+            ledger_mod.claim(self.ledger, c.host, self.inventory)
+            ledger_mod.save(self.ledger_path, self.ledger)
+        self.say(f"\n[bold green]Installing {c.host}[/bold green] to {decision.disk_path}.")
+        return decision
+
+    def run(self) -> Decision | None:
+        self.emit("inventory", **event_fields(self.inventory))
+        result = rank(self.profile, self.inventory, self.ledger, self.hosts)
+        self.show_found()
+        everyone = result.ranked
+        current: Candidate | None = result.best
+        if result.outcome == "certain" and current is not None:
+            disk = self.disk_for(current.host)
+            if self.unattended and disk.disk is not None and not disk.needs_confirmation:
+                self.show_proposal(current, disk)
+                self.say("Unattended: the match is certain.")
+                return self.decide(current, disk, result, "unattended")
+        # "matched" comes once, when a host is decided; until then say that a person is being asked.
+        self.emit("asking", outcome=result.outcome, candidates=[c.host for c in result.candidates])
+        while True:
+            if current is None:
+                if result.outcome == "ambiguous":
+                    cands = result.candidates
+                    self.show_list(cands, f"This machine fits {len(cands)} hosts; which one is it?")
+                else:
+                    cands = everyone
+                    self.say("\n[bold red]No host of this stick matches this machine.[/bold red]")
+                    self.show_list(cands, "The hosts, and why not:")
+                choice = self.pick(cands, f"Pick a host [1-{len(cands)}], s = shell, q = quit: ")
+                if choice == "q":
+                    return None
+                if choice == "s":
+                    self.drop_to_shell()
+                    continue
+                assert isinstance(choice, Candidate)
+                current = choice
+            disk = self.disk_for(current.host)
+            self.show_proposal(current, disk)
+            options = "[y] install, [o] another host, [s] shell, [q] quit: " if disk.disk is not None else \
+                "[o] another host, [s] shell, [q] quit: "
+            answer = self.ask(options).strip().lower()
+            if answer in ("y", "yes", "") and disk.disk is not None:
+                if disk.needs_confirmation and not self.confirm_wipe(disk.disk):
+                    self.say("Not erased.")
+                    continue
+                return self.decide(current, disk, result, "person")
+            if answer == "o":
+                self.show_list(everyone, "All hosts of this stick:")
+                choice = self.pick(everyone, f"Pick a host [1-{len(everyone)}], s = shell, q = quit: ")
+                if choice == "q":
+                    return None
+                if choice == "s":
+                    self.drop_to_shell()
+                    continue
+                assert isinstance(choice, Candidate)
+                current = choice
+            elif answer == "s":
+                self.drop_to_shell()
+            elif answer == "q":
+                return None
+
+
+# --- command line (what the first-boot unit runs) ------------------------------------------
+
+
+def load_profile_data(path: str) -> dict[str, Any]:
+    """A resolved profile: JSON as the builder puts it on the stick, or YAML (validated when builder is here)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        return json.loads(text)
+    try:
+        from builder.profile import load_profile
+    except ImportError:  # inside an image: the stick carries the resolved profile
+        import yaml
+
+        return yaml.safe_load(text)
+    return load_profile(path).data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clusterctl-firstboot", description="Recognise this box and confirm the install.")
+    p.add_argument("--profile", required=True, help="the resolved profile (JSON) or a profile YAML")
+    p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
+    p.add_argument("--ledger", help="the claim ledger (JSON) on the stick's CLUSTER partition")
+    p.add_argument("--hosts", help="the stick's hosts, comma separated (default: all)")
+    p.add_argument("--unattended", action="store_true", default=None, help="install without asking when certain")
+    p.add_argument("--decision", help="write the decision (JSON) here for the installer")
+    p.add_argument("--events", help="write events to this file or device (default: stdout)")
+    args = p.parse_args(argv)
+    try:
+        profile = load_profile_data(args.profile)
+        if args.inventory:
+            from hardware.summary import check_inventory
+
+            inventory = check_inventory(json.loads(Path(args.inventory).read_text(encoding="utf-8")), args.inventory)
+        else:
+            from hardware.detect import collect
+
+            inventory = collect(wait_for_udev=True)
+        events = open(args.events, "a", encoding="utf-8") if args.events else None  # noqa: SIM115
+        hosts = [h for h in args.hosts.split(",") if h] if args.hosts else None
+        wizard = Wizard(profile, inventory, ledger_path=args.ledger, hosts=hosts, unattended=args.unattended,
+                        events=events)
+    except Exception as e:  # unreadable files, bad JSON, builder's ProfileInvalid: a message, not a traceback
+        print(f"clusterctl first boot: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        decision = wizard.run()
+    except (EOFError, KeyboardInterrupt):
+        decision = None
+    if decision is None:
+        return EXIT_QUIT
+    if args.decision:
+        Path(args.decision).write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
+    return EXIT_DECIDED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
