@@ -4,7 +4,7 @@
 
 Sequential read and write MB/s of a 64 MiB file and metadata ops/s (walk + getattr + clunk
 of one name), each at 1 and 8 requests in flight, through the project's Python client; the
-median of 3 samples, the servers taking turns so both see the same machine load. Each
+median of 5 samples, the servers taking turns so both see the same machine load. Each
 server gets the msize it agrees to when asked for 1 MiB (ours 1 MiB, diod 64 KiB), then both
 again at 64 KiB so the per-request cost is compared like for like. Our server runs in its
 own process (as `clusterctl agent serve`), so the client's Python does not share its GIL.
@@ -156,8 +156,8 @@ def row(label: str, unit: str, ours: float, diod: float | None) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=0.5, help="seconds per sample (default 0.5)")
-    ap.add_argument("--rounds", type=int, default=3, help="samples per figure; the median counts (default 3)")
+    ap.add_argument("--seconds", type=float, default=0.3, help="seconds per sample (default 0.3)")
+    ap.add_argument("--rounds", type=int, default=5, help="samples per figure; the median counts (default 5)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ninep-bench-") as tmp:

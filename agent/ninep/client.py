@@ -313,6 +313,7 @@ class Client(ClientBase):
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[int, memoryview]]] = {}
         self.lost = asyncio.get_running_loop().create_future()
+        self._out: list[bytes] = []
 
     @classmethod
     async def connect(cls, address: str, msize: int = proto.MAX_MSIZE, version: bool = True) -> Client:
@@ -349,7 +350,20 @@ class Client(ClientBase):
     def _write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionClosed("9P connection closed")
-        self.transport.write(data)
+        # Requests made in the same loop turn leave in one write (one syscall), like the
+        # server's replies; big frames go at once.
+        if len(data) > 65536:
+            self._flush_out()
+            self.transport.write(data)
+            return
+        self._out.append(data)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def _rpc(self, frame: bytes, tag: int) -> tuple[int, memoryview]:
         if self.closed:
@@ -387,13 +401,17 @@ class Client(ClientBase):
         return fut
 
     async def send_raw(self, data: bytes) -> None:
-        self._write(data)
+        self._flush_out()
+        if self.closed or self.transport is None:
+            raise ConnectionClosed("9P connection closed")
+        self.transport.write(data)
         await asyncio.sleep(0)
         if self.closed:
             raise ConnectionClosed("9P connection closed")
 
     async def close(self) -> None:
         if self.transport is not None:
+            self._flush_out()
             self.transport.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.lost), 2)

@@ -234,7 +234,7 @@ def read_string(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
     pos += 2
     if pos + n > len(buf):
         raise ProtocolError("string past the end of the message")
-    return bytes(buf[pos:pos + n]).decode("utf-8", "surrogateescape"), pos + n
+    return str(buf[pos:pos + n], "utf-8", "surrogateescape"), pos + n
 
 
 def decode_body(mtype: int, body: bytes | memoryview, exact: bool = False) -> dict[str, Any]:

@@ -39,6 +39,7 @@ _RREAD_HDR = struct.Struct("<IBHI")
 _RWRITE = struct.Struct("<IBHI")
 _FID = struct.Struct("<I")
 _FID2 = struct.Struct("<II")
+_WALK = struct.Struct("<IIH")
 _GETATTR_REQ = struct.Struct("<IQ")
 _RGETATTR = struct.Struct("<IBHQBIQIIIQQQQQQQQQQQQQQQ")
 _RLOPEN = struct.Struct("<IBHBIQI")
@@ -387,8 +388,14 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- walking and attributes ----------------------------------------------------------
     def t_walk(self, tag: int, body: memoryview) -> bytes:
-        req = decode_body(proto.TWALK, body)
-        fid, newfid = req["fid"], req["newfid"]
+        fid, newfid, nwname = _WALK.unpack_from(body)
+        if nwname > proto.MAXWELEM:
+            raise ProtocolError(f"walk of {nwname} names (at most {proto.MAXWELEM})")
+        names = []
+        pos = _WALK.size
+        for _ in range(nwname):
+            name, pos = proto.read_string(body, pos)
+            names.append(name)
         f = self.fid(fid)
         if f.handle is not None or f.xattr_data is not None or f.xattr_new is not None:
             raise fail(errno.EBADF, "walk from an opened fid")
@@ -396,7 +403,7 @@ class Connection(asyncio.BufferedProtocol):
             self.new_fid(newfid)
         node = f.node
         qids: list[bytes] = []
-        for i, name in enumerate(req["wnames"]):
+        for i, name in enumerate(names):
             try:
                 node = node.walk(name)
             except OSError:
@@ -404,7 +411,7 @@ class Connection(asyncio.BufferedProtocol):
                     raise
                 break
             qids.append(node.qid().pack())
-        if len(qids) == len(req["wnames"]):
+        if len(qids) == nwname:
             if newfid == fid:
                 f.node = node
             else:
