@@ -78,6 +78,8 @@ def inject_files(image: Path, offset: int, files: list[tuple[Path, str, int]], l
             if d not in made:
                 made.add(d)
                 cmds.append(f'mkdir "{d}"')
+                if d.endswith("/ssh") and d.startswith("/var/lib/clusterctl/"):
+                    cmds.append(f'sif "{d}" mode 040700')
     for src, dest, mode in files:
         cmds += [f'rm "{dest}"', f'write "{src}" "{dest}"', f'sif "{dest}" mode 0{0o100000 | mode:o}',
                  f'sif "{dest}" uid 0', f'sif "{dest}" gid 0']
@@ -90,10 +92,14 @@ def inject_files(image: Path, offset: int, files: list[tuple[Path, str, int]], l
         # debugfs keeps going after a failed command ("mkdir: exists" is expected); only the
         # writes matter, and they are checked below by reading the inodes back.
         lf.write(proc.stderr.decode("utf-8", "replace"))
-    check = subprocess.run(["debugfs", "-R", "ls -l " + " ".join(sorted({f'"{d}"' for _, d, _ in files})),
-                            target], capture_output=True, text=True)
-    if proc.returncode != 0 or any(Path(d).name not in check.stdout for _, d, _ in files):
-        raise ToolError(f"debugfs could not write the secrets into the partition at {offset}", log)
+    dirs = sorted({str(Path(d).parent) for _, d, _ in files})
+    check = subprocess.run(["debugfs", "-f", "-", target], input="".join(f'ls "{d}"\n' for d in dirs),
+                           capture_output=True, text=True)
+    listed = set(check.stdout.split())
+    missing = [d for _, d, _ in files if Path(d).name not in listed]
+    if proc.returncode != 0 or missing:
+        raise ToolError(f"debugfs could not write {', '.join(missing[:3]) or 'the secrets'} into the "
+                        f"partition at {offset}", log)
 
 
 def assemble(placed: list[PlacedPartition], image_size: int, disk_uuid: str, tmp: Path, log: Path,
