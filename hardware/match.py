@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from itertools import combinations
 from typing import Any
 
@@ -146,6 +147,7 @@ def rank(profile_data: dict[str, Any], inventory: dict[str, Any], ledger: dict[s
 # --- telling hosts apart from their selectors alone ---------------------------------------
 
 
+@lru_cache(maxsize=4096)
 def _interval(value: Any, size: bool) -> tuple[float, float] | None:
     """The set of values a comparison admits, as a closed interval (None for ``!=``)."""
     try:
@@ -238,12 +240,13 @@ def indistinguishable_hosts(profile_data: dict[str, Any], host_names: list[str])
     matches both), or when their pins are identical and so are their selectors.
     """
     hosts = profile_data.get("hosts") or {}
+    known = [h for h in host_names if isinstance(hosts.get(h), dict)]
+    sel = {h: effective_selector(profile_data, h) for h in known}
+    pins = {h: _pin_key(hosts[h].get("pin")) for h in known}
     out: list[tuple[str, str]] = []
-    for a, b in combinations(host_names, 2):
-        if not isinstance(hosts.get(a), dict) or not isinstance(hosts.get(b), dict):
-            continue
-        sa, sb = effective_selector(profile_data, a), effective_selector(profile_data, b)
-        pa, pb = _pin_key(hosts[a].get("pin")), _pin_key(hosts[b].get("pin"))
+    for a, b in combinations(known, 2):
+        sa, sb = sel[a], sel[b]
+        pa, pb = pins[a], pins[b]
         unpinned = pa == (None, frozenset()) and pb == (None, frozenset())
         if unpinned:
             if selector_implies(sa, sb) or selector_implies(sb, sa):
