@@ -47,7 +47,9 @@ class ClientBase:
         self.stray: list[tuple[int, int]] = []  # (type, tag) of replies nobody waited for
 
     # -- to be provided by a transport -----------------------------------------------------
-    async def _rpc(self, frame: bytes, tag: int) -> tuple[int, memoryview]:
+    async def _rpc(self, frame: bytes, tag: int, tail: bytes = b"") -> tuple[int, memoryview]:
+        """Send ``frame`` (then ``tail``, the bulk of a Twrite, so it is never copied into
+        the frame) and wait for the reply with ``tag``."""
         raise NotImplementedError
 
     async def send_raw(self, data: bytes) -> None:
@@ -158,8 +160,11 @@ class ClientBase:
 
     async def write(self, fid: int, offset: int, data: bytes) -> int:
         tag = self.alloc_tag()
-        frame = _TWRITE.pack(HEADER_SIZE + 16 + len(data), proto.TWRITE, tag, fid, offset, len(data)) + data
-        rtype, rbody = await self._rpc(frame, tag)
+        head = _TWRITE.pack(HEADER_SIZE + 16 + len(data), proto.TWRITE, tag, fid, offset, len(data))
+        if len(data) <= 65536:
+            rtype, rbody = await self._rpc(head + data, tag)
+        else:
+            rtype, rbody = await self._rpc(head, tag, data)
         if rtype == proto.RWRITE:
             return int(_U32.unpack_from(rbody)[0])
         if rtype == proto.RLERROR:
@@ -365,14 +370,20 @@ class Client(ClientBase):
         if out and self.transport is not None and not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    async def _rpc(self, frame: bytes, tag: int) -> tuple[int, memoryview]:
+    async def _rpc(self, frame: bytes, tag: int, tail: bytes = b"") -> tuple[int, memoryview]:
         if self.closed:
             if tag != NOTAG:
                 self.free_tag(tag)
             raise ConnectionClosed("9P connection closed")
         fut: asyncio.Future[tuple[int, memoryview]] = asyncio.get_running_loop().create_future()
         self.pending[tag] = fut
-        self._write(frame)
+        if tail:
+            self._flush_out()
+            assert self.transport is not None
+            self.transport.write(frame)
+            self.transport.write(tail)
+        else:
+            self._write(frame)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -478,7 +489,7 @@ class TrioClient(ClientBase):
         self.results[tag] = (mtype, body)
         event.set()
 
-    async def _rpc(self, frame: bytes, tag: int) -> tuple[int, memoryview]:
+    async def _rpc(self, frame: bytes, tag: int, tail: bytes = b"") -> tuple[int, memoryview]:
         import trio
 
         if self.closed:
@@ -487,6 +498,8 @@ class TrioClient(ClientBase):
         self.pending[tag] = event
         async with self._send_lock:
             await self.stream.send_all(frame)
+            if tail:
+                await self.stream.send_all(tail)
         try:
             await event.wait()
         except trio.Cancelled:

@@ -29,6 +29,7 @@ log = logging.getLogger("agent.ninep")
 MAX_FIDS = 32768
 RECV_START = 65536
 BATCH_FRAME_MAX = 65536
+SPARE_BUFFERS = 8
 MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) before reading pauses
 XATTR_SIZE_MAX = 65536
 
@@ -144,7 +145,8 @@ class Connection(asyncio.BufferedProtocol):
         # goes from here to pwrite without a copy); it grows to the largest frame seen.
         self.rbuf = bytearray(RECV_START)
         self.filled = 0
-        self.spare: bytearray | None = None  # reply buffer for reads, reused once sent
+        self.spare_bufs: list[bytearray] = []  # read reply buffers free for reuse
+        self.sent_bufs: list[bytearray] = []  # handed to the transport, not yet known sent
         self.batch: list[bytes | bytearray] | None = None  # replies waiting for one write
         self.transport: asyncio.Transport | None = None
         self.paused_write = False
@@ -494,19 +496,28 @@ class Connection(asyncio.BufferedProtocol):
         return _RREAD_HDR.pack(proto.READ_HDR + len(result), proto.RREAD, tag, len(result)) + result
 
     def _read_into(self, tag: int, read_into: Callable[[int, memoryview], int], offset: int, count: int) -> None:
-        """Read file data straight into a reply buffer: one copy, no allocation per read."""
+        """Read file data straight into a reply buffer: one copy, and buffers are reused."""
         size = proto.READ_HDR + count
-        buf = self.spare
-        if buf is None or len(buf) < size:
+        if self.sent_bufs and self.transport is not None and self.transport.get_write_buffer_size() == 0:
+            # Everything written has left: the transport holds none of these any more.
+            self.spare_bufs.extend(self.sent_bufs[:SPARE_BUFFERS - len(self.spare_bufs)])
+            self.sent_bufs.clear()
+        buf = None
+        while self.spare_bufs:
+            candidate = self.spare_bufs.pop()
+            if len(candidate) >= size:
+                buf = candidate
+                break
+        if buf is None:
             buf = bytearray(max(size, min(self.msize, 1 << 20)))
-        self.spare = None
         with memoryview(buf) as view:
             n = read_into(offset, view[proto.READ_HDR:size])
             _RREAD_HDR.pack_into(buf, 0, proto.READ_HDR + n, proto.RREAD, tag, n)
             self.send(view[:proto.READ_HDR + n])
-        # Reuse the buffer only if the transport sent it all and so keeps no reference to it.
         if self.transport is not None and self.transport.get_write_buffer_size() == 0:
-            self.spare = buf
+            self.spare_bufs.append(buf)
+        elif len(self.sent_bufs) < SPARE_BUFFERS:
+            self.sent_bufs.append(buf)  # may still be referenced by the transport's queue
         return None
 
     async def _await_read(self, tag: int, pending: Awaitable[bytes]) -> bytes:
