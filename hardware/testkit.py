@@ -7,7 +7,9 @@ dependencies, read from each module's ``.modinfo``) and an ``/init`` that report
 chassis type, disks with model/serial/rotational, NIC MACs, a display, the firmware kind.
 
 Kernel command line switches (``testkit.*``): ``host=``/``role=`` are echoed in ``ready``;
-``ip=ADDR/LEN`` configures eth0 and reports ``net``; ``hold=1`` keeps a shell on the console
+``ip=ADDR/LEN`` configures eth0 and reports ``net``; ``hosts=NAME:SERIAL:ROLE,...`` recognises
+the host by DMI serial (``matched``); ``install=1`` copies the boot stick to the smallest
+internal disk (``installed``) and powers off; ``hold=1`` keeps a shell on the console
 after ``ready`` (type ``ev NAME key=value key:=json`` to emit an event); otherwise the guest
 powers off after ``ready``.
 """
@@ -68,7 +70,7 @@ usb_serial() {
     [ -r "$p/idVendor" ] && { rd "$p/serial"; return; }; p="${p%/*}"
   done
 }
-disks=""
+disks=""; stick=""; target=""; target_size=0
 for path in /sys/block/*; do
   d="${path##*/}"; [ -e "$path/device" ] || continue
   case "$d" in mmcblk*boot*|mmcblk*rpmb) continue;; esac
@@ -88,6 +90,8 @@ for path in /sys/block/*; do
   size=$(( $(rd $path/size) * 512 ))
   one="{\"name\": $(js $d), \"size\": $size, \"model\": $(js "$model"), \"serial\": $(js "$serial")"
   disks="$disks${disks:+, }$one, \"rotational\": $rot, \"removable\": $rem}"
+  if [ $rem = true ]; then stick=$d
+  elif [ -z "$target" ] || [ $size -lt $target_size ]; then target=$d; target_size=$size; fi
 done
 nics=""
 for path in /sys/class/net/*; do
@@ -127,6 +131,13 @@ if [ -n "$hosts" ]; then
   if [ -z "$host" ]; then ev error stage=match message="no host has DMI serial $serial"; poweroff -f; fi
   ev matched host="$host" role="$role" why="DMI serial $serial"
 fi
+# testkit.install=1: booted from a stick, copy it to the smallest internal disk and power off,
+# as an installer that asks for the stick to be pulled; booted from that disk, carry on to ready.
+if [ "$(arg install)" = 1 ] && [ -n "$stick" ] && [ -n "$target" ]; then
+  dd if=/dev/$stick of=/dev/$target bs=1M 2>/dev/null && sync
+  ev installed host="$host" role="$role" disk=/dev/$target
+  poweroff -f
+fi
 ev ready host="$host" role="$role" os=testkit
 if [ "$(arg hold)" = 1 ]; then
   echo "testkit: shell on the console"
@@ -162,9 +173,11 @@ class TestKit:
     kernel_version: str
 
     def append(self, host: str = "", role: str = "", ip: str = "", hold: bool = False,
-               hosts: dict[str, tuple[str, str]] | None = None) -> str:  # fmt: skip
+               hosts: dict[str, tuple[str, str]] | None = None, install: bool = False) -> str:  # fmt: skip
         """The kernel command line for one boot; ``hosts`` maps host → (DMI serial, role)."""
         parts = ["console=ttyS0", "loglevel=4", "mitigations=off", "panic=-1"]
+        if install:
+            parts.append("testkit.install=1")
         if hosts:
             parts.append("testkit.hosts=" + ",".join(f"{h}:{serial}:{r}" for h, (serial, r) in hosts.items()))
         if host:

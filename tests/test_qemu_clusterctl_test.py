@@ -86,3 +86,20 @@ def test_clusterctl_boot_puts_the_console_on_the_terminal(testkit: TestKit, tmp_
     assert proc.returncode == 0, proc.stderr
     assert 'CLUSTERCTL {"event": "ready", "host": "right", "role": "storage"' in proc.stdout
     assert "Ctrl-A X" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_installer_that_powers_off_gets_its_stick_pulled_and_boots_the_disk(
+    testkit: TestKit, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    images = tmp_path / "images"
+    stick = images / "stick.img"
+    images.mkdir()
+    build_stick(testkit, stick, testkit.append(hosts=_profile_hosts(), install=True))
+    status = main(["test", str(PROFILE), "--images", str(images), "--host", "right"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    row = next(line for line in out.splitlines() if " right " in line)
+    # The stick matched and installed; the second power-on (stick pulled) came up from the disk.
+    assert row.index("matched") < row.index("installed") < row.index("ready")
