@@ -22,6 +22,7 @@ from builder.plan import Plan, Stage, image_is_current, make_plan, onhost_versio
 from builder.report import Reporter
 from builder.secrets import ensure_host_secrets, host_secret_files, secrets_digest
 from builder.stages import esp as esp_stage
+from builder.stages import ext4edit
 from builder.stages import image as image_stage
 from builder.stages.overlay import build_overlay
 from builder.stages.rescue import build_rescue
@@ -217,12 +218,11 @@ class Builder:
         return rec, out
 
     def _run_rootpart(self, plan: Plan, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
-        rootfs, overlay = self._dep(stage, "rootfs"), self._dep(stage, "overlay")
-        assert rootfs.path is not None and overlay.path is not None
-        size = partition_size(rootfs.record["content_bytes"] + overlay.path.stat().st_size,
-                              stage.inputs["headroom_mib"])
+        rootfs = self._dep(stage, "rootfs")
+        assert rootfs.path is not None
+        size = partition_size(rootfs.record["content_bytes"], stage.inputs["headroom_mib"])
         out = work / "root.ext4"
-        build_rootpart(rootfs.path, overlay.path, out, work, label=stage.inputs["label"],
+        build_rootpart(rootfs.path, out, work, label=stage.inputs["label"],
                        fs_uuid=stage.inputs["fs_uuid"], size=size, log=log, on_line=self._sink(stage.name))
         return {"size": size, "sha256": esp_stage.file_sha256(out)}, out
 
@@ -268,7 +268,9 @@ class Builder:
         tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
         try:
             image_stage.assemble(placed, stage.inputs["size"], stage.inputs["disk_uuid"], tmp, log)
-            self._inject_secrets(stage, placed, tmp, log)
+            for spec, part in zip(stage.inputs["partitions"], placed, strict=True):
+                if spec.get("overlay"):
+                    self._personalise(stage, spec["overlay"], tmp, part.start, work, log)
             facts = image_stage.finish(tmp, final, stage.inputs["format"], log)
         finally:
             tmp.unlink(missing_ok=True)
@@ -277,18 +279,20 @@ class Builder:
                 "partitions": [{"name": p.name, "start": p.start, "size": p.size, "uuid": p.uuid} for p in placed],
                 **facts}, None
 
-    def _inject_secrets(self, stage: Stage, placed: list[image_stage.PlacedPartition], img: Path, log: Path) -> None:
-        hosts: list[str] = stage.params["hosts"]
-        for p in placed:
-            if not p.name.startswith("root-"):
-                continue
-            files: list[tuple[Path, str, int]] = []
-            for h in hosts:
-                for src, name, mode in host_secret_files(self.out_dir, self.profile.name, h):
-                    dest = (f"/var/lib/clusterctl/hosts/{h}/ssh/{name}" if stage.params["installer"]
-                            else f"/etc/ssh/{name}")
-                    files.append((src, dest, mode))
-            image_stage.inject_files(img, p.start, files, log)
+    def _personalise(self, stage: Stage, overlay_stage: str, img: Path, offset: int, work: Path, log: Path) -> None:
+        """Write an OS's overlay and the hosts' secrets into the image's copy of its root."""
+        overlay = self.results[overlay_stage]
+        assert overlay.path is not None
+        scratch = work / overlay_stage.replace(":", "_").replace("/", "_")
+        scratch.mkdir()
+        puts = ext4edit.puts_from_tar(overlay.path, scratch)
+        for h in stage.params["hosts"]:
+            base = f"/var/lib/clusterctl/hosts/{h}/ssh" if stage.params["installer"] else "/etc/ssh"
+            if stage.params["installer"]:
+                puts.append(ext4edit.Put(base, "dir", 0o700))
+            for src, name, mode in host_secret_files(self.out_dir, self.profile.name, h):
+                puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))
+        ext4edit.place(img, offset, puts, log)
 
     # -- manifest ----------------------------------------------------------------------------
     def _manifest(self, plan: Plan) -> Path:

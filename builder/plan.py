@@ -9,10 +9,11 @@ distinct OS definition (suite, mirror, package set, locale) and shared by every 
 Stages, per image:
   rootfs:<os>            mmdebstrap tarball (shared across images when the definition is equal)
   overlay:<image>/<os>   rendered overlay trees, users, host facts (a tar)
-  rootpart:<image>/<os>  the OS's ext4 root partition, as a file
+  rootpart:<os>          the root's ext4 partition, as a file (shared like the root itself)
   rescue:<image>/<os>    a rescue system packed into an initramfs (runs from RAM)
   esp:<image>            the EFI system partition: systemd-boot, syslinux, kernels, menus
-  image:<image>          the disk image in images/<cluster>/, its .bmap, qcow2, manifest
+  image:<image>          the disk image in images/<cluster>/: partitions copied in, each OS's
+                         overlay and the hosts' secrets written into its copy; .bmap, qcow2
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         oses = image_oses(data, image)
         fmt = resolve_format(image)
         os_parts: list[str] = []
+        os_overlays: list[str] = []
         boot_entries: list[dict[str, Any]] = []
         for os_name in oses:
             osdef = data["oses"][os_name]
@@ -262,11 +264,15 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                                         "single_host": single, "installer": installer}))
             cmdline = ["console=tty0", "console=ttyS0,115200", "systemd.firstboot=no", "rw"]
             if kind == "system":
-                part = add(Stage("rootpart", f"rootpart:{img_name}/{os_name}", {
-                    "fs": "ext4", "label": f"root-{os_name}"[:16], "fs_uuid": part_uuid,
-                    "headroom_mib": 512,
-                }, deps=[rootfs.name, overlay.name]))
+                # The partition holds the root alone, so every image and host using this root
+                # shares it; the overlay is written into each image's copy (stage image).
+                part_name = f"rootpart:{rootfs.name.split(':', 1)[1]}"
+                part = stages.get(part_name) or add(Stage("rootpart", part_name, {
+                    "fs": "ext4", "label": f"root-{os_name}"[:16],
+                    "fs_uuid": str(uuid.uuid5(IMAGE_PARTUUID_NS, rootfs.key)), "headroom_mib": 512,
+                }, deps=[rootfs.name]))
                 os_parts.append(part.name)
+                os_overlays.append(overlay.name)
                 cmdline = [f"root=PARTUUID={part_uuid}", *cmdline]
             else:
                 part = add(Stage("rescue", f"rescue:{img_name}/{os_name}", {"compress": "zstd"},
@@ -274,11 +280,13 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                 cmdline = ["rdinit=/sbin/init", *cmdline]
             boot_entries.append({"os": os_name, "kind": kind, "title": os_title(os_name, osdef),
                                  "cmdline": " ".join([*cmdline, *(osdef.get("cmdline") or [])]),
-                                 "rootfs": rootfs.name, "payload": part.name, "partuuid": part_uuid})
+                                 "rootfs": rootfs.name, "payload": part.name, "overlay": overlay.name,
+                                 "partuuid": part_uuid})
         if not boot_entries:
             raise PlanError(f"images.{img_name}: none of its OSes can be built")
         esp = add(Stage("esp", f"esp:{img_name}", {
-            "entries": [{k: v for k, v in e.items() if k not in ("rootfs", "payload")} for e in boot_entries],
+            "entries": [{k: v for k, v in e.items() if k not in ("rootfs", "payload", "overlay")}
+                        for e in boot_entries],
             "default": boot_entries[0]["os"], "timeout_s": 3, "hidden_sectors": 2048,
         }, deps=sorted({e["rootfs"] for e in boot_entries} | {e["payload"] for e in boot_entries
                                                                   if e["kind"] == "rescue"}),
@@ -288,13 +296,14 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                   "legacy_boot": True}]
         for e in boot_entries:
             if e["kind"] == "system":
-                parts.append({"name": f"root-{e['os']}", "stage": e["payload"], "type": ROOT_X86_64_TYPE,
-                              "uuid": e["partuuid"], "os": e["os"]})
+                parts.append({"name": f"root-{e['os']}", "stage": e["payload"], "overlay": e["overlay"],
+                              "type": ROOT_X86_64_TYPE, "uuid": e["partuuid"], "os": e["os"]})
         add(Stage("image", f"image:{img_name}", {
             "size": int(image["size"]), "format": fmt, "type": image["type"], "partitions": parts,
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),
             "secrets": {h: secrets_digest.get(h, "to generate") for h in hosts},
-        }, deps=[esp.name, *os_parts], params={"image_name": img_name, "hosts": hosts, "installer": installer}))
+        }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays],
+            params={"image_name": img_name, "hosts": hosts, "installer": installer}))
         images[img_name] = {"type": image["type"], "hosts": hosts, "oses": [e["os"] for e in boot_entries],
                             "output": str(output), "format": fmt}
     return Plan(cluster=cname, profile_path=str(profile.path), stages=stages, images=images, warnings=warnings)

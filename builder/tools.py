@@ -8,11 +8,13 @@ point at a file holding everything the tool said. ``on_line`` lets the caller sh
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +55,7 @@ class ToolRunner:
                 # The tool gets its own process group so a SIGINT at the terminal reaches us
                 # first; we then end it ourselves and clean up in order.
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             try:
                 if stdin_bytes is not None and proc.stdin is not None:
@@ -73,6 +76,12 @@ class ToolRunner:
             tail = "\n".join(lines[-15:])
             raise ToolError(f"{argv[0]} exited with status {rc}:\n{tail}", self.log)
         return "\n".join(lines)
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed if the build process dies (a SIGKILLed build leaves no tool running)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:

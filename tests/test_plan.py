@@ -56,6 +56,8 @@ def test_keys_are_stable_across_loads() -> None:
 def test_hosts_sharing_an_os_share_one_root(tmp_path: Path, n: int) -> None:
     plan = make_plan(load_profile(_write(tmp_path, _profile(n))))
     assert [s.name for s in plan.ordered() if s.kind == "rootfs"] == ["rootfs:stable"]
+    # One partition file too: each host's differences are written into its image's copy.
+    assert [s.name for s in plan.ordered() if s.kind == "rootpart"] == ["rootpart:stable"]
     assert len([s for s in plan.ordered() if s.kind == "image"]) == n
 
 
@@ -67,8 +69,9 @@ def test_overlay_change_keeps_the_root_and_rebuilds_what_depends_on_it(tmp_path:
     (ov / "etc" / "motd").write_text("two\n")
     after = make_plan(load_profile(_write(tmp_path, _profile(1, extra_overlay=str(ov)))))
     changed = {n for n in before.stages if before.stages[n].key != after.stages[n].key}
-    # Only the stable OS's overlay, its partition and the image: the ESP and rescue stay.
-    assert changed == {"overlay:img-h0/stable", "rootpart:img-h0/stable", "image:img-h0"}
+    # Only the stable OS's overlay and the image it is written into: root, partition, ESP and
+    # rescue system stay.
+    assert changed == {"overlay:img-h0/stable", "image:img-h0"}
     assert before.stages["rootfs:stable"].key == after.stages["rootfs:stable"].key
 
 

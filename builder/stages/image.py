@@ -8,7 +8,6 @@ sparse map, optionally converted to qcow2, and only then renamed into place.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from builder.bmap import write_bmap
 from builder.sparse import copy_sparse
 from builder.stages.esp import GPTMBR
-from builder.tools import LineSink, ToolError, ToolRunner
+from builder.tools import LineSink, ToolRunner
 
 SECTOR = 512
 ALIGN = 1024 * 1024
@@ -61,45 +60,6 @@ def sfdisk_script(placed: list[PlacedPartition], disk_uuid: str) -> str:
         lines.append(f'start={p.start // SECTOR}, size={p.size // SECTOR}, type={p.type}, uuid={p.uuid}, '
                      f'name="{p.name}"{attrs}')
     return "\n".join(lines) + "\n"
-
-
-def inject_files(image: Path, offset: int, files: list[tuple[Path, str, int]], log: Path) -> None:
-    """Write files into the ext4 file system at ``offset`` of ``image`` (debugfs, no mount).
-
-    ``files``: (source on the build machine, absolute path inside, mode). Folders are made
-    as needed (root-owned, 0700 for the secrets' own folder).
-    """
-    cmds: list[str] = []
-    made: set[str] = set()
-    for _src, dest, _mode in files:
-        parts = dest.strip("/").split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/" + "/".join(parts[:i])
-            if d not in made:
-                made.add(d)
-                cmds.append(f'mkdir "{d}"')
-                if d.endswith("/ssh") and d.startswith("/var/lib/clusterctl/"):
-                    cmds.append(f'sif "{d}" mode 040700')
-    for src, dest, mode in files:
-        cmds += [f'rm "{dest}"', f'write "{src}" "{dest}"', f'sif "{dest}" mode 0{0o100000 | mode:o}',
-                 f'sif "{dest}" uid 0', f'sif "{dest}" gid 0']
-    script = "\n".join(cmds) + "\n"
-    target = f"{image}?offset={offset}"
-    with open(log, "a", encoding="utf-8") as lf:
-        lf.write(f"$ debugfs -w -f - {target}  # {len(files)} secret file(s)\n")
-        proc = subprocess.run(["debugfs", "-w", "-f", "-", target], input=script.encode(),
-                              capture_output=True)
-        # debugfs keeps going after a failed command ("mkdir: exists" is expected); only the
-        # writes matter, and they are checked below by reading the inodes back.
-        lf.write(proc.stderr.decode("utf-8", "replace"))
-    dirs = sorted({str(Path(d).parent) for _, d, _ in files})
-    check = subprocess.run(["debugfs", "-f", "-", target], input="".join(f'ls "{d}"\n' for d in dirs),
-                           capture_output=True, text=True)
-    listed = set(check.stdout.split())
-    missing = [d for _, d, _ in files if Path(d).name not in listed]
-    if proc.returncode != 0 or missing:
-        raise ToolError(f"debugfs could not write {', '.join(missing[:3]) or 'the secrets'} into the "
-                        f"partition at {offset}", log)
 
 
 def assemble(placed: list[PlacedPartition], image_size: int, disk_uuid: str, tmp: Path, log: Path,

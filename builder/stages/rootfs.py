@@ -7,6 +7,7 @@ initramfs is generated exactly once, at the end, instead of once per trigger.
 
 from __future__ import annotations
 
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -78,9 +79,16 @@ def mmdebstrap_argv(spec: RootfsSpec, output: Path) -> list[str]:
     return argv
 
 
+def namespace_prefix() -> list[str]:
+    """As root, mmdebstrap mounts /proc, /sys and /dev into its chroot: do that in a private
+    mount namespace, so those mounts never show on the host and vanish with the process even
+    when it is killed. Others get mmdebstrap's unshare mode (no mounts on the host at all)."""
+    return ["unshare", "--mount", "--propagation", "private", "--"] if os.geteuid() == 0 else []
+
+
 def build_rootfs(spec: RootfsSpec, output: Path, log: Path, on_line: LineSink | None = None) -> dict[str, Any]:
     """Make the tarball at ``output``; return what the manifest needs to know about it."""
-    ToolRunner(log, on_line).run(mmdebstrap_argv(spec, output))
+    ToolRunner(log, on_line).run([*namespace_prefix(), *mmdebstrap_argv(spec, output)])
     return describe_rootfs(output)
 
 

@@ -1,4 +1,4 @@
-"""A root partition as a plain file: ``mkfs.ext4 -d`` over the root tarball plus its overlay.
+"""A root partition as a plain file: ``mkfs.ext4 -d`` over the root tarball.
 
 No loop device, no mount. e2fsprogs 1.47.0 (Debian bookworm) cannot read a tarball for
 ``-d`` (1.47.1 can), so both tarballs are unpacked into scratch space first, owners kept:
@@ -7,7 +7,9 @@ as root directly, otherwise inside a user namespace with the caller's subordinat
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from builder.tools import LineSink, ToolRunner, userns_prefix
@@ -21,23 +23,34 @@ def partition_size(content_bytes: int, headroom_mib: int) -> int:
     return (size + MiB - 1) // MiB * MiB
 
 
-def build_rootpart(rootfs_tar: Path, overlay_tar: Path, out: Path, work: Path, *, label: str, fs_uuid: str,
-                   size: int, log: Path, on_line: LineSink | None = None) -> None:
+def scratch_dir(work: Path) -> Path:
+    """Unpacking into RAM (when /dev/shm has room) halves the time of this stage."""
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize > 6 * 1024**3:
+            return Path(tempfile.mkdtemp(prefix="clusterctl-tree.", dir=shm))
+    except OSError:
+        pass
     tree = work / "tree"
     tree.mkdir()
+    return tree
+
+
+def build_rootpart(rootfs_tar: Path, out: Path, work: Path, *, label: str, fs_uuid: str,
+                   size: int, log: Path, on_line: LineSink | None = None) -> None:
+    tree = scratch_dir(work)
     with open(out, "wb") as f:
         f.truncate(size)
-    # One shell in one namespace: unpack both layers (the overlay's folders must not change
-    # the modes of folders the root already has), then make the file system from the tree.
+    # One shell in one namespace: unpack, make the file system from the tree, clean up.
     script = (
-        'set -e; trap \'rm -rf "$3"\' EXIT; tar -x -p --numeric-owner --xattrs --xattrs-include="*" -f "$1" -C "$3"; '
-        'tar -x -p --numeric-owner --no-overwrite-dir -f "$2" -C "$3"; '
-        'mkfs.ext4 -q -F -t ext4 -L "$5" -U "$6" -b 4096 -I 256 -m 0 '
-        '-E lazy_itable_init=0,nodiscard,root_owner=0:0 -d "$3" "$4"'
+        'set -e; trap \'rm -rf "$2"\' EXIT; tar -x -p --numeric-owner --xattrs --xattrs-include="*" -f "$1" -C "$2"; '
+        'mkfs.ext4 -q -F -t ext4 -L "$4" -U "$5" -b 4096 -I 256 -m 0 '
+        '-E lazy_itable_init=0,nodiscard,root_owner=0:0 -d "$2" "$3"'
     )
     runner = ToolRunner(log, on_line)
     try:
-        runner.run([*userns_prefix(), "sh", "-c", script, "rootpart", str(rootfs_tar), str(overlay_tar),
-                    str(tree), str(out), label, fs_uuid])
+        runner.run([*userns_prefix(), "sh", "-c", script, "rootpart", str(rootfs_tar), str(tree), str(out),
+                    label, fs_uuid])
     finally:
         shutil.rmtree(tree, ignore_errors=True)
