@@ -133,7 +133,10 @@ class Machine:
         argv = self.command()
         (self.workdir / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
         with (self.workdir / "qemu.log").open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            except FileNotFoundError:
+                raise MachineSetupError(f"{argv[0]} not found: install Debian's 'qemu-system-x86' package") from None
         self.started_at = time.monotonic()
         self._cursor = 0
         try:

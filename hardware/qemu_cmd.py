@@ -141,21 +141,27 @@ def image_info(path: Path) -> tuple[str, int]:
     """(format, virtual size) of an image, as qemu-img sees it."""
     if not path.is_file():
         raise MachineSetupError(f"no image at {path}")
-    out = subprocess.run(
-        [QEMU_IMG, "info", "--output=json", str(path)], check=True, capture_output=True, text=True
-    ).stdout
-    info = json.loads(out)
+    info = json.loads(_qemu_img(["info", "--output=json", str(path)]))
     return str(info["format"]), int(info["virtual-size"])
+
+
+def _qemu_img(args: list[str]) -> str:
+    try:
+        return subprocess.run([QEMU_IMG, *args], check=True, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        raise MachineSetupError(f"{QEMU_IMG} not found: install Debian's 'qemu-utils' package") from None
+    except subprocess.CalledProcessError as e:
+        raise MachineSetupError(f"{QEMU_IMG} {' '.join(args)}: {e.stderr.strip()}") from None
 
 
 def create_qcow2(path: Path, size: int, backing: Path | None = None) -> None:
     """A sparse qcow2 disk, or a copy-on-write overlay over ``backing``."""
-    cmd = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
+    args = ["create", "-q", "-f", "qcow2"]
     if backing is not None:
         fmt, backing_size = image_info(backing)
-        cmd += ["-F", fmt, "-b", str(backing.resolve())]
+        args += ["-F", fmt, "-b", str(backing.resolve())]
         size = max(size, backing_size)
-    subprocess.run([*cmd, str(path), str(size)], check=True, capture_output=True, text=True)
+    _qemu_img([*args, str(path), str(size)])
 
 
 def _mmc_size(size: int) -> int:

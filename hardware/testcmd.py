@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hardware.board import Board, BoardError, board_from_dict
+from hardware.lan import LanError
 from hardware.qemu_cmd import MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
 from hardware.testrun import HostResult, HostRun, plan_runs, run_all
 
@@ -104,7 +105,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                   f"expecting {', '.join(run.expect)}")  # fmt: skip
     try:
         results = run_all(runs, workdir, args.timeout, args.keep, progress)
-    except MachineSetupError as err:
+    except (MachineSetupError, LanError) as err:
         return _usage_error(str(err))
     finally:
         if not args.keep and not args.workdir:
