@@ -102,7 +102,7 @@ class Machine:
             extra_disks=list(extra_disks),
             macs=list(macs) if macs is not None else None,
             dmi_serial=dmi_serial,
-            netdevs=[x.netdev() if x is not None else "hubport,hubid=99" for x in lans] if lans else None,
+            netdevs=[x.netdev() if x is not None else None for x in lans] if lans else None,
         )
         self._own_sockdir = len(str(self.workdir / "serial.sock")) > _SOCK_PATH_MAX
         sockdir = Path(tempfile.mkdtemp(prefix="clusterctl-qemu-")) if self._own_sockdir else self.workdir

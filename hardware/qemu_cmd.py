@@ -48,7 +48,7 @@ class MachineConfig:
     extra_disks: list[Disk] = field(default_factory=list)
     macs: list[str] | None = None  # per-NIC MAC overrides (a host's pins); default: the board's
     dmi_serial: str | None = None  # a host's pinned DMI serial; default: the board's
-    netdevs: list[str] | None = None  # per-NIC -netdev backend (from a LAN); None: NICs without a link
+    netdevs: list[str | None] | None = None  # per-NIC -netdev backend (from a LAN); None: no link
     stick_serial: str = "CLUSTERCTL0001"
     interactive: bool = False  # serial console on this terminal instead of a socket
 
@@ -258,8 +258,9 @@ def _nic_args(cfg: MachineConfig) -> list[str]:
         mac = macs[i] if i < len(macs) else nic.mac
         # No option ROM: the firmware must never try to network-boot (slow under TCG, and pointless).
         device = f"{NIC_DEVICES[nic.model]},id=nic{i},mac={mac},romfile="
-        if cfg.netdevs is not None and i < len(cfg.netdevs):
-            args += ["-netdev", f"{cfg.netdevs[i]},id=net{i}", "-device", f"{device},netdev=net{i}"]
+        backend = cfg.netdevs[i] if cfg.netdevs is not None and i < len(cfg.netdevs) else None
+        if backend is not None:
+            args += ["-netdev", f"{backend},id=net{i}", "-device", f"{device},netdev=net{i}"]
         else:
             # A hub port with nothing else on the hub: the NIC exists, its cable leads nowhere.
             args += ["-netdev", f"hubport,id=net{i},hubid={100 + i}", "-device", f"{device},netdev=net{i}"]

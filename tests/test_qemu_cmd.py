@@ -182,3 +182,12 @@ def test_a_qemu_that_cannot_start_reports_its_own_words(tmp_path: Path) -> None:
         m.start()
     assert not m.running
     m.close()
+
+
+def test_only_the_nics_given_a_lan_are_cabled(tmp_path: Path) -> None:
+    board = load_board("storage-box")  # two NICs
+    argv, _ = _prepared(board, tmp_path, netdevs=["vde,sock=/run/lan", None])
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs[0] == "vde,sock=/run/lan,id=net0"
+    assert netdevs[1].startswith("hubport,") and "hubid=101" in netdevs[1]  # a hub of its own: no loop
+    assert not any(a.startswith("user") for a in netdevs)  # never a route outside
