@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cache import StageCache
-from builder.plan import Plan, Stage, image_is_current, make_plan, onhost_version, stage_key
+from builder.plan import Plan, Stage, image_is_current, make_plan, onhost_version
 from builder.report import Reporter
 from builder.secrets import ensure_host_secrets, host_secret_files, secrets_digest
 from builder.stages import esp as esp_stage
@@ -28,7 +28,6 @@ from builder.stages.overlay import build_overlay
 from builder.stages.rescue import build_rescue
 from builder.stages.rootfs import build_rootfs, read_member, read_member_bytes
 from builder.stages.rootpart import build_rootpart, partition_size
-from builder.tools import tool_version
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,18 +78,6 @@ def diff_inputs(old: Any, new: Any, path: str = "", depth: int = 0) -> list[str]
     return [path or "(all)"]
 
 
-def add_tool_versions(plan: Plan) -> None:
-    """Tool versions join stage inputs (a new mmdebstrap or mke2fs may make different output)."""
-    tools = {"rootfs": ["mmdebstrap"], "rootpart": ["mke2fs"], "esp": ["mkfs.vfat", "syslinux"],
-             "image": ["sfdisk", "qemu-img"]}
-    for s in plan.ordered():
-        if s.kind in tools:
-            s.inputs["tools"] = {t: tool_version(t) for t in tools[s.kind]}
-        if s.kind == "esp":
-            s.inputs["boot_files"] = esp_stage.boot_files_digest()
-        s.key = stage_key(s.kind, s.inputs, [plan.stages[d].key for d in s.deps])
-
-
 class Builder:
     def __init__(self, profile: Any, *, out_dir: Path, cache: StageCache, reporter: Reporter,
                  images: list[str] | None = None) -> None:
@@ -113,7 +100,6 @@ class Builder:
             ensure_host_secrets(self.out_dir, self.profile.name, h)
         plan = make_plan(self.profile, out_dir=self.out_dir, only=self.only,
                          secrets_digest=secrets_digest(self.out_dir, self.profile.name, hosts))
-        add_tool_versions(plan)
         return plan
 
     # -- running -------------------------------------------------------------------------

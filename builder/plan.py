@@ -306,7 +306,26 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))
         images[img_name] = {"type": image["type"], "hosts": hosts, "oses": [e["os"] for e in boot_entries],
                             "output": str(output), "format": fmt}
-    return Plan(cluster=cname, profile_path=str(profile.path), stages=stages, images=images, warnings=warnings)
+    plan = Plan(cluster=cname, profile_path=str(profile.path), stages=stages, images=images, warnings=warnings)
+    add_tool_versions(plan)
+    return plan
+
+
+def add_tool_versions(plan: Plan) -> None:
+    """Tool versions and boot loader binaries join the stage inputs: a new mmdebstrap, mke2fs or
+    systemd-boot may make different output from equal settings. (Asking a tool its version is
+    the only thing planning runs.)"""
+    from builder.stages.esp import boot_files_digest
+    from builder.tools import tool_version
+
+    tools = {"rootfs": ["mmdebstrap"], "rootpart": ["mke2fs"], "esp": ["mkfs.vfat", "syslinux"],
+             "image": ["sfdisk", "debugfs", "qemu-img"]}
+    for s in plan.ordered():
+        if s.kind in tools:
+            s.inputs["tools"] = {t: tool_version(t) for t in tools[s.kind]}
+        if s.kind == "esp":
+            s.inputs["boot_files"] = boot_files_digest()
+        s.key = stage_key(s.kind, s.inputs, [plan.stages[d].key for d in s.deps])
 
 
 def describe_plan(profile: Any, cache_dir: str | os.PathLike[str] | None = None,

@@ -100,8 +100,8 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 @functools.cache
 def tool_version(name: str) -> str:
     """The first version-looking token a tool prints; part of stage keys (new tool, new result)."""
-    flags = {"mkfs.ext4": ["-V"], "mke2fs": ["-V"], "mkfs.vfat": ["--help"], "syslinux": ["--version"],
-             "sfdisk": ["--version"], "mmdebstrap": ["--version"], "qemu-img": ["--version"]}
+    flags = {"mkfs.ext4": ["-V"], "mke2fs": ["-V"], "debugfs": ["-V"], "mkfs.vfat": ["--help"],
+             "syslinux": ["--version"], "sfdisk": ["--version"], "mmdebstrap": ["--version"], "qemu-img": ["--version"]}
     exe = shutil.which(name)
     if exe is None:
         return "missing"

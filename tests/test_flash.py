@@ -28,7 +28,7 @@ def _sparse_image(path: Path) -> bytes:
 
 
 def _quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), force_terminal=False)  # noqa: SIM115
+    return Console(file=open(os.devnull, "w"), force_terminal=False)
 
 
 def test_bmap_is_read_by_bmaptool(tmp_path: Path) -> None:
@@ -88,9 +88,9 @@ def _fixed_disk() -> Path | None:
         sysdir = Path("/sys/block") / name
         if name.startswith(("loop", "ram", "zram", "sr", "dm-", "md")):
             continue
-        if (sysdir / "removable").read_text().strip() == "0" and "/usb" not in str(sysdir.resolve()):
-            if Path(f"/dev/{name}").exists():
-                return Path(f"/dev/{name}")
+        fixed = (sysdir / "removable").read_text().strip() == "0" and "/usb" not in str(sysdir.resolve())
+        if fixed and Path(f"/dev/{name}").exists():
+            return Path(f"/dev/{name}")
     return None
 
 

@@ -88,7 +88,10 @@ def namespace_prefix() -> list[str]:
 
 def build_rootfs(spec: RootfsSpec, output: Path, log: Path, on_line: LineSink | None = None) -> dict[str, Any]:
     """Make the tarball at ``output``; return what the manifest needs to know about it."""
-    ToolRunner(log, on_line).run([*namespace_prefix(), *mmdebstrap_argv(spec, output)])
+    # mmdebstrap's own scratch goes beside the output, so a killed build's leftovers are
+    # removed with the stage's work folder by the next build.
+    ToolRunner(log, on_line).run([*namespace_prefix(), *mmdebstrap_argv(spec, output)],
+                                 env={"TMPDIR": str(output.parent)})
     return describe_rootfs(output)
 
 
