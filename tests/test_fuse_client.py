@@ -178,3 +178,18 @@ def test_file_system_round_against_diod(tmp_path: Path) -> None:
             exercise(export, mnt)
         finally:
             m.close()
+
+
+def test_mount_goes_away_with_the_server(tmp_path: Path) -> None:
+    export, mnt = tmp_path / "export", tmp_path / "mnt"
+    export.mkdir()
+    mnt.mkdir()
+    server = OurServer([Export("data", str(export))]).start()
+    m = Mount(server.address, mnt, "data")
+    try:
+        (mnt / "f").write_bytes(b"x")
+        server.stop()  # the server hangs up: the client unmounts instead of hanging callers
+        assert m.proc.wait(10) == 0
+        assert not os.path.ismount(mnt)
+    finally:
+        m.close()

@@ -18,7 +18,7 @@ import os
 import resource
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from agent.ninep import proto
 from agent.ninep.node import Handle, Node, fail
@@ -169,8 +169,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- transport -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio subclasses
         peer = transport.get_extra_info("peername")
         self.peer = str(peer)
         self.server.connections.add(self)

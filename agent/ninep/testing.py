@@ -54,6 +54,7 @@ class OurServer:
         self.bus = EventBus()
         self.server: Server | None = None
         self.namespace: AgentNamespace | None = None
+        self.listener: asyncio.base_events.Server | None = None
         self.thread = threading.Thread(target=self._main, name="9p-server", daemon=True)
 
     def _main(self) -> None:
@@ -64,6 +65,7 @@ class OurServer:
                                             connections=lambda: len(self.server.connections) if self.server else 0)
             self.server = Server(self.namespace, max_msize=self.max_msize, on_event=self.bus.publish)
             listener = await self.server.listen("127.0.0.1:0")
+            self.listener = listener
             port = listener.sockets[0].getsockname()[1]
             self.address = f"127.0.0.1:{port}"
             self.ready.set()
@@ -91,15 +93,19 @@ class OurServer:
         return box[0] if box else None
 
     def stop(self) -> None:
-        def shutdown() -> None:
+        async def shutdown() -> None:
+            if self.listener is not None:
+                self.listener.close()
             if self.server is not None:
                 for conn in list(self.server.connections):
                     if conn.transport is not None:
                         conn.transport.abort()
-            self.loop.stop()
+            await asyncio.sleep(0.01)  # let the aborted transports close their sockets
 
-        self.loop.call_soon_threadsafe(shutdown)
-        self.thread.join(5)
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
 
 
 def free_port() -> int:
