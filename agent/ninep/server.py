@@ -30,6 +30,7 @@ MAX_FIDS = 32768
 RECV_START = 65536
 BATCH_FRAME_MAX = 65536
 SPARE_BUFFERS = 8
+WRITE_HIGH = 256 * 1024  # replies queued in user space before we stop handling requests
 MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) before reading pauses
 XATTR_SIZE_MAX = 65536
 
@@ -174,8 +175,9 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = str(peer)
         self.server.connections.add(self)
         self.server.event("client", state="connected", peer=self.peer)
-        # Keep the kernel's send buffer from hiding our own back-pressure for long.
-        transport.set_write_buffer_limits(high=4 * proto.MAX_MSIZE)
+        # Stop handling requests while replies queue up in user space (the socket is full):
+        # they wait in the receive buffer instead, and reading pauses.
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -190,6 +192,8 @@ class Connection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.paused_write = False
         self._update_reading()
+        if self.filled >= HEADER_SIZE and not self.closed:
+            self.process()  # requests that arrived while the socket was full
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
@@ -249,6 +253,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.filled += nbytes
+        self.process()
+
+    def process(self) -> None:
+        """Handle the whole frames received so far, in order; stop early while the socket is
+        full (the rest wait here, so replies are not piled up in user space)."""
         buf = self.rbuf
         end = self.filled
         pos = 0
@@ -261,7 +270,7 @@ class Connection(asyncio.BufferedProtocol):
                         self.batch = None
                         self.drop(f"frame of {size} bytes (msize {self.msize})")
                         return
-                    if end - pos < size:
+                    if end - pos < size or self.paused_write:
                         break
                     # Handlers use the frame only until they return (async ones copy what they keep).
                     self.dispatch(view[pos:pos + size])
