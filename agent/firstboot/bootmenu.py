@@ -1,0 +1,130 @@
+"""The installed disk's boot menus, derived from the stick's.
+
+The stick's ESP is copied to the disk as it is (syslinux's boot sector and ldlinux.sys keep
+their places, so legacy BIOS boots without re-running syslinux); then its menus are rewritten
+with mtools: only the host's OSes, each system root found by the PARTUUID it has on this disk,
+the host's default OS first. Both menus stay: systemd-boot for UEFI, syslinux for BIOS.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from agent.firstboot.tools import MTOOLS_ENV, InstallError, fat, run
+
+_ROOT = re.compile(r"\broot=PARTUUID=[0-9A-Fa-f-]+")
+
+
+@dataclass
+class BootEntry:
+    os: str
+    title: str
+    linux: str
+    initrd: str
+    options: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def parse_entry(text: str) -> BootEntry | None:
+    """A systemd-boot loader entry; its OS is the folder holding the kernel (``/<os>/vmlinuz``)."""
+    keys: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and not key.startswith("#"):
+            keys[key] = value.strip()
+    linux = keys.get("linux", "")
+    os_name = linux.strip("/").split("/")[0] if linux.count("/") >= 2 else ""
+    if not os_name:
+        return None
+    return BootEntry(os_name, keys.get("title", os_name), linux, keys.get("initrd", ""), keys.get("options", ""))
+
+
+def with_root(options: str, partuuid: str | None) -> str:
+    """Kernel options with the root named by ``partuuid`` (rescue entries have no root: unchanged)."""
+    if partuuid is None or not _ROOT.search(options):
+        return options
+    return _ROOT.sub(f"root=PARTUUID={partuuid}", options)
+
+
+def menus(entries: list[BootEntry], timeout_s: int = 3) -> dict[str, str]:
+    """The text files of both menus, default first (same shape as the stick's)."""
+    files: dict[str, str] = {}
+    ids = {e.os: f"{10 * (i + 1):02d}-{e.os}" for i, e in enumerate(entries)}
+    files["loader/loader.conf"] = f"default {ids[entries[0].os]}.conf\ntimeout {timeout_s}\neditor no\n" \
+                                  "console-mode keep\n"
+    for i, e in enumerate(entries):
+        files[f"loader/entries/{ids[e.os]}.conf"] = (
+            f"title {e.title}\nsort-key {10 * (i + 1):02d}\nlinux {e.linux}\ninitrd {e.initrd}\n"
+            f"options {e.options}\n")
+    txt = ["Boot menu (type a name and Enter; the first is the default):"]
+    txt += [f"  {e.os:<12} {e.title}" for e in entries]
+    files["syslinux/boot.txt"] = "\n".join(txt) + "\n"
+    cfg = ["SERIAL 0 115200", "CONSOLE 1", "PROMPT 1", f"TIMEOUT {timeout_s * 10}", "DISPLAY boot.txt",
+           f"DEFAULT {entries[0].os}", ""]
+    for e in entries:
+        cfg += [f"LABEL {e.os}", f"  KERNEL {e.linux}", f"  INITRD {e.initrd}", f"  APPEND {e.options}", ""]
+    files["syslinux/syslinux.cfg"] = "\n".join(cfg)
+    return files
+
+
+class Fat:
+    """A FAT file system at ``offset`` bytes into ``disk``, through mtools."""
+
+    def __init__(self, disk: str, offset: int, stage: str = "boot") -> None:
+        self.image = fat(disk, offset)
+        self.stage = stage
+
+    def _run(self, argv: list[str], ok: tuple[int, ...] = (0,)) -> str:
+        return run(self.stage, [argv[0], "-i", self.image, *argv[1:]], env=MTOOLS_ENV, ok=ok)
+
+    def names(self, folder: str) -> list[str]:
+        out = self._run(["mdir", "-b", f"::{folder}"], ok=(0, 1))
+        return [line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line.startswith("::")]
+
+    def read(self, path: str) -> str:
+        return self._run(["mtype", f"::{path}"])
+
+    def write(self, path: str, text: str, tmpdir: str) -> None:
+        import os
+
+        local = os.path.join(tmpdir, path.replace("/", "_"))
+        with open(local, "w", encoding="utf-8") as f:
+            f.write(text)
+        self._run(["mcopy", "-o", "-Q", local, f"::{path}"])
+
+    def delete(self, path: str) -> None:
+        self._run(["mdel", f"::{path}"], ok=(0, 1))
+
+    def delete_tree(self, path: str) -> None:
+        self._run(["mdeltree", f"::{path}"], ok=(0, 1))
+
+
+def stick_entries(esp: Fat) -> list[BootEntry]:
+    """The stick's loader entries, in its menu order (file names sort as the menu does)."""
+    out = []
+    for name in sorted(esp.names("/loader/entries")):
+        if name.endswith(".conf"):
+            e = parse_entry(esp.read(f"/loader/entries/{name}"))
+            if e is not None:
+                out.append(e)
+    if not out:
+        raise InstallError("boot", "the stick's ESP has no loader entries (loader/entries/*.conf)")
+    return out
+
+
+def rewrite(esp: Fat, entries: list[BootEntry], keep: list[str], tmpdir: str) -> list[BootEntry]:
+    """Leave only the OSes in ``keep`` (in that order) on the ESP and write both menus for them."""
+    by_os = {e.os: e for e in entries}
+    missing = [o for o in keep if o not in by_os]
+    if missing:
+        raise InstallError("boot", f"the stick has no boot entry for {', '.join(missing)}")
+    for e in entries:
+        if e.os not in keep:
+            esp.delete_tree(f"/{e.os}")
+    for name in esp.names("/loader/entries"):
+        esp.delete(f"/loader/entries/{name}")
+    kept = [by_os[o] for o in keep]
+    for path, text in menus(kept).items():
+        esp.write(path, text, tmpdir)
+    return kept

@@ -1,0 +1,162 @@
+"""The first-boot service on the stick: detect → wizard → install → reboot.
+
+    python3 -m agent.firstboot.main [--cmdline FILE] [--profile FILE] [--facts FILE]
+
+Kernel command line: ``clusterctl.unattended=1`` installs without asking when the match is
+certain and the disk safe; ``clusterctl.host=NAME`` forces the host (its disk selector still
+picks the disk, and a disk holding data still needs the profile's or a person's consent);
+``clusterctl.after=reboot|poweroff|none``; ``clusterctl.install=0`` skips first boot.
+
+Events on stdout (the unit points it at the console): ``inventory``, ``asking``, ``matched``
+(from the wizard), then ``installed`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.events import emit
+from agent.firstboot import cmdline, journal
+from agent.firstboot.cli import run_install
+from agent.firstboot.installer import Request
+
+PROFILE = "/etc/clusterctl/profile.json"
+FACTS = "/etc/clusterctl/host.json"
+WORK = "/run/clusterctl"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def show_unfinished_as_blank(inventory: dict[str, Any]) -> list[str]:
+    """Disks holding only our own unfinished install are offered as blank: the installer may
+    start them again without asking (it checks the journal itself too). Returns their names."""
+    found = []
+    for d in inventory.get("disks") or []:
+        if d.get("boot_medium") or not journal.is_incomplete(journal.read(d.get("path") or f"/dev/{d['name']}")):
+            continue
+        d.update(partition_table=None, filesystem=None, partitions=[], unfinished_install=True)
+        found.append(d["name"])
+    return found
+
+
+def forced_decision(profile: dict[str, Any], inventory: dict[str, Any], host: str, events: TextIO) -> Any:
+    """clusterctl.host=NAME: that host, unless its disk needs a person (then None: ask)."""
+    from hardware.selectors import SelectorError, choose_disk
+    from hardware.wizard import Decision
+
+    h = (profile.get("hosts") or {}).get(host)
+    if h is None:
+        raise LookupError(f"clusterctl.host={host}: the profile has no such host "
+                          f"(hosts: {', '.join(profile.get('hosts') or {})})")
+    try:
+        choice = choose_disk((h.get("install") or {}).get("disk") or {}, inventory)
+    except SelectorError as e:
+        raise LookupError(str(e)) from None
+    if choice.disk is None:
+        raise LookupError(f"host {host}: {choice.error}")
+    if choice.needs_confirmation:
+        return None
+    role = h.get("role")
+    oses = list(((profile.get("roles") or {}).get(role) or {}).get("os") or [])
+    why = ["named on the kernel command line (clusterctl.host)"]
+    emit("matched", stream=events, host=host, role=role, score=1.0, outcome="forced", why=why,
+         chosen_by="cmdline", disk=choice.disk["path"], wipe=choice.holds_data)
+    return Decision(host=host, role=role, score=1.0, outcome="forced", chosen_by="cmdline",
+                    disk=choice.disk["name"], disk_path=choice.disk["path"], wipe=choice.holds_data, oses=oses, why=why)
+
+
+def freeze_root() -> bool:
+    """Make the running root read-only so its copy is consistent (the stick's root is one of the
+    partitions copied). The journal moves to /run first. Best effort: the copy is fsck'd anyway."""
+    subprocess.run(["journalctl", "--relinquish-var"], capture_output=True)
+    subprocess.run(["sync"], capture_output=True)
+    return subprocess.run(["mount", "-o", "remount,ro", "/"], capture_output=True).returncode == 0
+
+
+def thaw_root() -> None:
+    subprocess.run(["mount", "-o", "remount,rw", "/"], capture_output=True)
+    subprocess.run(["journalctl", "--flush"], capture_output=True)
+
+
+def prefer_disk_next(disk: str) -> None:
+    """UEFI: a boot entry for the installed disk's ESP, first in BootOrder (efibootmgr puts new
+    entries first), so the reboot lands on the disk even with the stick still in."""
+    if not os.path.isdir("/sys/firmware/efi"):
+        return
+    subprocess.run(["efibootmgr", "--quiet", "--create", "--disk", disk, "--part", "1", "--label", "clusterctl",
+                    "--loader", "\\EFI\\BOOT\\BOOTX64.EFI"], capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clusterctl-firstboot", description="First boot from the clusterctl stick.")
+    p.add_argument("--cmdline", default="/proc/cmdline")
+    p.add_argument("--profile", default=PROFILE)
+    p.add_argument("--facts", default=FACTS)
+    p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
+    p.add_argument("--dry-run", action="store_true", help="decide, but do not install")
+    args = p.parse_args(argv)
+    events = sys.stdout
+    try:
+        opts = cmdline.read(args.cmdline)
+        profile = json.loads(Path(args.profile).read_text(encoding="utf-8"))
+        facts = json.loads(Path(args.facts).read_text(encoding="utf-8")) if os.path.exists(args.facts) else {}
+    except (OSError, ValueError, cmdline.CmdlineError) as e:
+        emit("error", stream=events, stage="firstboot", message=str(e))
+        return EXIT_USAGE
+    if not opts.install:
+        return EXIT_OK
+    if args.inventory:
+        inventory = json.loads(Path(args.inventory).read_text(encoding="utf-8"))
+    else:
+        from hardware.detect import collect
+
+        inventory = collect(wait_for_udev=True)
+    show_unfinished_as_blank(inventory)
+    medium = next((d for d in inventory.get("disks") or [] if d.get("boot_medium")), None)
+    if medium is None:
+        emit("error", stream=events, stage="detect", message="cannot tell which disk this system booted from")
+        return EXIT_FAILED
+    candidates = list(facts.get("candidates") or []) or None
+    from hardware.wizard import Wizard
+
+    try:
+        decision = forced_decision(profile, inventory, opts.host, events) if opts.host else None
+        if decision is None:
+            hosts = [opts.host] if opts.host else candidates
+            decision = Wizard(profile, inventory, hosts=hosts, unattended=opts.unattended, events=events).run()
+    except LookupError as e:
+        emit("error", stream=events, stage="match", message=str(e))
+        return EXIT_FAILED
+    except (EOFError, KeyboardInterrupt):
+        decision = None
+    if decision is None:
+        emit("error", stream=events, stage="match", message="no host was chosen; nothing was installed")
+        return EXIT_FAILED
+    os.makedirs(WORK, exist_ok=True)
+    Path(WORK, "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
+    if args.dry_run:
+        return EXIT_OK
+    os.makedirs(f"{WORK}/tmp", exist_ok=True)
+    os.environ["TMPDIR"] = f"{WORK}/tmp"  # / is read-only while its copy is taken
+    frozen = freeze_root()
+    req = Request(stick=medium.get("path") or f"/dev/{medium['name']}", target=str(decision.disk_path),
+                  host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe)
+    rc = run_install(req, events, disk_name=decision.disk_path)
+    if rc != EXIT_OK:
+        if frozen:
+            thaw_root()
+        return rc
+    prefer_disk_next(req.target)
+    if opts.after != "none":
+        subprocess.run(["systemctl", "--no-block", opts.after], capture_output=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
