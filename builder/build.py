@@ -20,7 +20,7 @@ from typing import Any
 from builder.cache import StageCache
 from builder.plan import Plan, Stage, image_is_current, make_plan, onhost_version
 from builder.report import Reporter
-from builder.secrets import ensure_host_secrets, host_secret_files, secrets_digest
+from builder.secrets import ensure_host_secrets, host_secret_files, installer_identity, secrets_digest
 from builder.stages import esp as esp_stage
 from builder.stages import ext4edit
 from builder.stages import image as image_stage
@@ -96,6 +96,8 @@ class Builder:
     def plan(self) -> Plan:
         hosts = sorted({h for img in self.data.get("images", {}).values()
                         for h in (img.get("hosts") or [img.get("host")]) if h})
+        hosts += [installer_identity(n) for n, img in self.data.get("images", {}).items()
+                  if img["type"] == "usb-installer"]
         for h in hosts:
             ensure_host_secrets(self.out_dir, self.profile.name, h)
         plan = make_plan(self.profile, out_dir=self.out_dir, only=self.only,
@@ -272,9 +274,16 @@ class Builder:
         scratch = work / overlay_stage.replace(":", "_").replace("/", "_")
         scratch.mkdir()
         puts = ext4edit.puts_from_tar(overlay.path, scratch)
-        for h in stage.params["hosts"]:
-            base = f"/var/lib/clusterctl/hosts/{h}/ssh" if stage.params["installer"] else "/etc/ssh"
-            if stage.params["installer"]:
+        owners: list[tuple[str, str]] = []
+        if stage.params["installer"]:
+            # The stick's own identity while it runs as an installer; each host's keys wait
+            # under /var/lib/clusterctl/hosts/<host>/ssh for first boot to install them.
+            owners.append((installer_identity(stage.params["image_name"]), "/etc/ssh"))
+            owners += [(h, f"/var/lib/clusterctl/hosts/{h}/ssh") for h in stage.params["hosts"]]
+        else:
+            owners += [(h, "/etc/ssh") for h in stage.params["hosts"]]
+        for h, base in owners:
+            if base != "/etc/ssh":
                 puts.append(ext4edit.Put(base, "dir", 0o700))
             for src, name, mode in host_secret_files(self.out_dir, self.profile.name, h):
                 puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))

@@ -301,7 +301,8 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         add(Stage("image", f"image:{img_name}", {
             "size": int(image["size"]), "format": fmt, "type": image["type"], "partitions": parts,
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),
-            "secrets": {h: secrets_digest.get(h, "to generate") for h in hosts},
+            "secrets": {h: secrets_digest.get(h, "to generate")
+                        for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
         }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays],
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))
         images[img_name] = {"type": image["type"], "hosts": hosts, "oses": [e["os"] for e in boot_entries],
@@ -334,7 +335,9 @@ def describe_plan(profile: Any, cache_dir: str | os.PathLike[str] | None = None,
     from builder.cache import StageCache
     from builder.secrets import secrets_digest
 
-    digest = secrets_digest(Path(out_dir), profile.name, list(profile.data["hosts"]))
+    names = list(profile.data["hosts"]) + [f"{n}.installer" for n, i in profile.data.get("images", {}).items()
+                                           if i["type"] == "usb-installer"]
+    digest = secrets_digest(Path(out_dir), profile.name, names)
     plan = make_plan(profile, out_dir=out_dir, secrets_digest=digest)
     cache = StageCache(Path(cache_dir) if cache_dir else None)
     try:

@@ -16,6 +16,11 @@ from pathlib import Path
 SSH_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
 
+def installer_identity(image: str) -> str:
+    """The secrets folder of a usb-installer stick itself (its sshd while it installs)."""
+    return f"{image}.installer"
+
+
 def secrets_dir(out_dir: Path, cluster: str, host: str) -> Path:
     return Path(out_dir) / cluster / ".secrets" / host
 
