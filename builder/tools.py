@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import os
 import re
 import shlex
@@ -97,14 +98,39 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+_MEMO = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clusterctl" / "tool-versions.json"
+
+
 @functools.cache
 def tool_version(name: str) -> str:
-    """The first version-looking token a tool prints; part of stage keys (new tool, new result)."""
-    flags = {"mkfs.ext4": ["-V"], "mke2fs": ["-V"], "debugfs": ["-V"], "mkfs.vfat": ["--help"],
-             "syslinux": ["--version"], "sfdisk": ["--version"], "mmdebstrap": ["--version"], "qemu-img": ["--version"]}
+    """The first version-looking token a tool prints; part of stage keys (new tool, new result).
+
+    Remembered per binary (path, size, mtime), so planning a no-op rebuild runs no tools.
+    """
     exe = shutil.which(name)
     if exe is None:
         return "missing"
+    st = os.stat(exe)
+    sig = f"{os.path.realpath(exe)}:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        memo: dict[str, str] = json.loads(_MEMO.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if sig in memo:
+        return memo[sig]
+    version = _ask_version(name, exe)
+    memo[sig] = version
+    with contextlib.suppress(OSError):
+        _MEMO.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _MEMO.with_name(f".{_MEMO.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, _MEMO)
+    return version
+
+
+def _ask_version(name: str, exe: str) -> str:
+    flags = {"mkfs.ext4": ["-V"], "mke2fs": ["-V"], "debugfs": ["-V"], "mkfs.vfat": ["--help"],
+             "syslinux": ["--version"], "sfdisk": ["--version"], "mmdebstrap": ["--version"], "qemu-img": ["--version"]}
     try:
         out = subprocess.run([exe, *flags.get(name, ["--version"])], capture_output=True, text=True,
                              timeout=20)
