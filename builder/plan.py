@@ -164,7 +164,11 @@ def _overlay_layers(data: dict[str, Any], os_name: str, hosts: list[str], per_ho
         host = data["hosts"][h]
         role_name = host["role"]
         role = data["roles"][role_name]
-        layers = [[f"role/{role_name}", str(OVERLAYS_DIR / "role" / role_name)]]
+        # On a stick, each host's tree is what first boot lays over the installed system: the
+        # base and OS layers again (rendered for this host: hostname, network, host.json) and
+        # the role's and host's own.
+        layers = list(root) if not per_host_root else []
+        layers += [[f"role/{role_name}", str(OVERLAYS_DIR / "role" / role_name)]]
         layers += [[f"profile:{p}", p] for p in role.get("overlays") or []]
         layers += [[f"host/{h}", str(OVERLAYS_DIR / "host" / h)]]
         layers += [[f"profile:{p}", p] for p in host.get("overlays") or []]

@@ -178,6 +178,12 @@ def test_root_partition_contents(built: dict[str, Any]) -> None:
     assert "ssh-ed25519 " in _debugfs(img, off, "cat /home/admin/.ssh/authorized_keys")
     assert "clusterctl-ready.service" in _debugfs(img, off, "ls /etc/systemd/system/multi-user.target.wants")
     assert _debugfs(img, off, "cat /etc/hostname").strip() == "vesawall-installer"
+    # What first boot lays over the installed system of each host, rendered for that host.
+    tree = "/usr/lib/clusterctl/hosts/vault/root"
+    vault = json.loads(_debugfs(img, off, f"cat {tree}/etc/clusterctl/host.json"))
+    assert (vault["host"], vault["role"], vault["os"]) == ("vault", "storage", "stable")
+    assert _debugfs(img, off, f"cat {tree}/etc/hostname").strip() == "vault"
+    assert "Address=10.44.0." in _debugfs(img, off, f"cat {tree}/etc/systemd/network/50-clusterctl-lan.network")
     # Per-host secrets: each host's own, readable by root only; none shared from the root's build.
     secret = _debugfs(img, off, "stat /var/lib/clusterctl/hosts/vault/ssh/ssh_host_ed25519_key")
     assert "Mode:  0600" in secret and "User:     0" in secret
