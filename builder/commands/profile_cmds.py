@@ -77,13 +77,11 @@ def plan_rows(profile: Profile) -> list[dict[str, Any]]:
     return rows
 
 
-def _stages(profile: Profile, cache_dir: str | None) -> list[dict[str, Any]] | None:
-    """The build's stages with their keys and cache state, once the build pipeline is present."""
-    try:
-        from builder.plan import describe_plan
-    except ImportError:
-        return None
-    return describe_plan(profile, cache_dir=cache_dir)
+def _stages(profile: Profile, cache_dir: str | None, out_dir: str) -> list[dict[str, Any]]:
+    """The build's stages with their keys and whether the cache (or output folder) holds each."""
+    from builder.plan import describe_plan
+
+    return describe_plan(profile, cache_dir=cache_dir, out_dir=out_dir)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -91,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     images = plan_rows(loaded)
-    stages = _stages(loaded, args.cache_dir)
+    stages = _stages(loaded, args.cache_dir, args.out)
     if args.json:
         print(json.dumps({"profile": loaded.path, "cluster": loaded.name, "images": images,
                           "stages": stages}, indent=2))
@@ -107,14 +105,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           m["host"], m["role"], m["board"], ", ".join(m["os"]))
         table.add_section()
     console.print(table)
-    if stages is not None:
-        st = Table(title="stages")
-        for col in ("stage", "key", "state", "depends on"):
-            st.add_column(col)
-        for s in stages:
-            state = "[green]cached[/]" if s.get("cached") else "[yellow]to build[/]"
-            st.add_row(s["name"], s["key"][:12], state, ", ".join(s.get("deps", [])))
-        console.print(st)
+    st = Table(title="stages")
+    for col in ("stage", "key", "state", "depends on"):
+        st.add_column(col)
+    for s in stages:
+        state = "[green]cached[/]" if s.get("cached") else "[yellow]to build[/]"
+        st.add_row(s["name"], s["key"][:12], state, ", ".join(s.get("deps", [])))
+    console.print(st)
     return 0
 
 
@@ -152,6 +149,7 @@ def register(sub: Any) -> None:
     p.add_argument("profile", metavar="PROFILE")
     p.add_argument("--json", action="store_true", help="machine-readable plan")
     p.add_argument("--cache-dir", default=None, help="the stage cache (default ~/.cache/clusterctl)")
+    p.add_argument("--out", default="images", help="the output folder a build would write (as build --out)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("schema", help="print the profile's JSON Schema (for editors)")
