@@ -17,10 +17,10 @@ from builder import __version__
 # Order is the order of ``clusterctl --help``.
 COMMAND_MODULES: list[str] = [
     "builder.commands.profile_cmds",  # validate, plan, schema, docs
-    "agent.cli",  # agent serve, agent mount
-    "hardware.inventory_cli",  # inventory (detect, --suggest, --match)
-    "hardware.testcmd",  # boot, test (QEMU)
     "builder.commands.build_cmds",  # build, flash
+    "hardware.testcmd",  # boot, test (QEMU)
+    "hardware.inventory_cli",  # inventory (detect, --suggest, --match)
+    "agent.cli",  # agent serve, agent mount
 ]
 
 EXIT_USAGE = 2
