@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=PROFILE)
     p.add_argument("--facts", default=FACTS)
     p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
+    p.add_argument("--work", default=WORK, help="where the decision and scratch files go (tmpfs)")
     p.add_argument("--dry-run", action="store_true", help="decide, but do not install")
     args = p.parse_args(argv)
     events = sys.stdout
@@ -138,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     if decision is None:
         emit("error", stream=events, stage="match", message="no host was chosen; nothing was installed")
         return EXIT_FAILED
-    os.makedirs(WORK, exist_ok=True)
-    Path(WORK, "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
+    os.makedirs(args.work, exist_ok=True)
+    Path(args.work, "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
     if args.dry_run:
         return EXIT_OK
-    os.makedirs(f"{WORK}/tmp", exist_ok=True)
-    os.environ["TMPDIR"] = f"{WORK}/tmp"  # / is read-only while its copy is taken
-    frozen = freeze_root()
+    os.makedirs(f"{args.work}/tmp", exist_ok=True)
+    os.environ["TMPDIR"] = f"{args.work}/tmp"  # / is read-only while its copy is taken
+    # On the stick (not replaying a captured inventory) the running root is one of the copies.
+    live = args.inventory is None
+    frozen = freeze_root() if live else False
     req = Request(stick=medium.get("path") or f"/dev/{medium['name']}", target=str(decision.disk_path),
                   host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe)
     rc = run_install(req, events, disk_name=decision.disk_path)
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         if frozen:
             thaw_root()
         return rc
-    prefer_disk_next(req.target)
-    if opts.after != "none":
+    if live:
+        prefer_disk_next(req.target)
+    if live and opts.after != "none":
         subprocess.run(["systemctl", "--no-block", opts.after], capture_output=True)
     return EXIT_OK
 
