@@ -23,7 +23,7 @@ from agent.firstboot import journal
 from agent.firstboot.bootmenu import parse_entry, with_root
 from agent.firstboot.installer import Request, _rename_host, install, plan_install
 from agent.firstboot.tools import InstallError
-from tests.installer_stick import HOSTS, ROLE_OSES, make_stick
+from tests.test_installer_stick import HOSTS, ROLE_OSES, make_stick
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3

@@ -1,4 +1,4 @@
-"""A small stick image with the builder's layout, for installer tests on plain files.
+"""A small stick image with the builder's layout, for installer tests on plain files (no tests here).
 
 The ESP is made by the builder's own stage (systemd-boot, syslinux, loader entries per OS);
 the roots are small ext4 file systems holding what the build puts on an installer's roots:
