@@ -275,3 +275,23 @@ def test_state_trees_refuse_changes(host: OurServer) -> None:
         await c.close()
 
     run(go())
+
+
+def test_waiting_reads_are_capped(host: OurServer) -> None:
+    from agent.ninep.server import MAX_WAITING
+
+    async def go() -> None:
+        c = await connect(host)
+        await c.walk(ROOT, 2, ["events"])
+        await c.lopen(2, proto.L_O_RDONLY)
+        reads = [asyncio.ensure_future(c.read(2, 0, 100)) for _ in range(MAX_WAITING + 20)]
+        await asyncio.sleep(0.3)
+        refused = [r for r in reads if r.done()]
+        assert len(refused) == 20 and all(r.exception().errno == errno.EAGAIN for r in refused)  # type: ignore[union-attr]
+        assert (await c.getattr(ROOT))["qid"].type == proto.QTDIR  # others are still served
+        host.call(host.bus.publish, "wake")
+        woken = await asyncio.wait_for(asyncio.gather(*[r for r in reads if r not in refused]), 5)
+        assert all(b'"event": "wake"' in w for w in woken)
+        await c.close()
+
+    run(go())

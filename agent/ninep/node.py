@@ -70,7 +70,10 @@ class StatFs(NamedTuple):
 
 
 class Handle:
-    """An opened node. read() may return an awaitable for reads that wait (events)."""
+    """An opened node. read() may return an awaitable for reads that wait (events); such
+    handles say so with ``waits``."""
+
+    waits = False
 
     def read(self, offset: int, count: int) -> bytes | Awaitable[bytes]:
         raise fail(errno.EBADF)

@@ -31,7 +31,7 @@ RECV_START = 65536
 BATCH_FRAME_MAX = 65536
 SPARE_BUFFERS = 8
 WRITE_HIGH = 256 * 1024  # replies queued in user space before we stop handling requests
-MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) before reading pauses
+MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) per connection; more get EAGAIN
 XATTR_SIZE_MAX = 65536
 
 _U32 = struct.Struct("<I")
@@ -198,7 +198,7 @@ class Connection(asyncio.BufferedProtocol):
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
             return
-        want_pause = self.paused_write or len(self.waiting) >= MAX_WAITING
+        want_pause = self.paused_write
         if want_pause and not self.paused_read:
             self.transport.pause_reading()
             self.paused_read = True
@@ -257,7 +257,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def process(self) -> None:
         """Handle the whole frames received so far, in order; stop early while the socket is
-        full (the rest wait here, so replies are not piled up in user space)."""
+        full (the rest wait here, and reading pauses, so replies do not pile up)."""
         buf = self.rbuf
         end = self.filled
         pos = 0
@@ -348,6 +348,12 @@ class Connection(asyncio.BufferedProtocol):
             raise fail(errno.EBADF, f"fid {n} in use")
         if len(self.fids) >= MAX_FIDS:
             raise fail(errno.EMFILE)
+
+    def may_wait(self) -> None:
+        """Requests that wait (stream reads, fsync) are capped per connection so memory stays
+        bounded; past the cap they get EAGAIN (Tflush is never refused)."""
+        if len(self.waiting) >= MAX_WAITING:
+            raise fail(errno.EAGAIN, "too many requests waiting")
 
     def io_limit(self, count: int) -> int:
         return min(count, self.msize - proto.READ_HDR)
@@ -495,6 +501,8 @@ class Connection(asyncio.BufferedProtocol):
             raise fail(errno.EBADF, "fid not open")
         if f.isdir:
             raise fail(errno.EISDIR)
+        if h.waits:
+            self.may_wait()
         read_into = getattr(h, "read_into", None)
         if read_into is not None:
             return self._read_into(tag, read_into, offset, count)
@@ -614,6 +622,7 @@ class Connection(asyncio.BufferedProtocol):
         h = f.handle
         if h is None:
             raise fail(errno.EBADF, "fid not open")
+        self.may_wait()
 
         async def run() -> bytes:
             # fsync can take seconds on a real disk: keep the loop serving others meanwhile.

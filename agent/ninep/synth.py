@@ -167,6 +167,8 @@ class SynthFile(SynthNode):
 class StreamHandle(Handle):
     """A reader of a stream: each read waits for what comes next (offsets are ignored)."""
 
+    waits = True
+
     def __init__(self, next_chunk: Callable[[int], Awaitable[bytes]]) -> None:
         self.next_chunk = next_chunk
 
