@@ -522,6 +522,23 @@ async def test_xattrs(c: Client, srv: Running, d: Path) -> None:
     size = await c.xattrwalk(10, 13, "")
     assert b"user.test\0" in await c.read(13, 0, size)
     assert await err(c.xattrwalk(10, 14, "user.missing")) == errno.ENODATA
+    # a value shorter than announced: we refuse it at clunk, diod pads it with NULs (docs/9p.md)
+    await c.walk(DIR, 15, ["f"])
+    await c.xattrcreate(15, "user.short", 10, 0)
+    await c.write(15, 0, b"abc")
+    if srv.kind == "ours":
+        assert await err(c.clunk(15)) == errno.EINVAL
+        assert "user.short" not in os.listxattr(d / "f")
+    else:
+        await c.clunk(15)
+        assert os.getxattr(d / "f", "user.short") == b"abc" + b"\0" * 7
+    assert await err(c.getattr(15)) in (errno.EBADF, errno.EIO)  # the fid is gone either way
+    # XATTR_CREATE on an existing name
+    await c.walk(DIR, 16, ["f"])
+    await c.xattrcreate(16, "user.test", 1, proto.XATTR_CREATE)
+    await c.write(16, 0, b"x")
+    assert await err(c.clunk(16)) == errno.EEXIST
+    assert os.getxattr(d / "f", "user.test") == value
 
 
 # -- concurrency ----------------------------------------------------------------------------
