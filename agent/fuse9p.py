@@ -64,6 +64,7 @@ class NinePFS(pyfuse3.Operations):
         self.inodes: dict[int, Inode] = {pyfuse3.ROOT_INODE: Inode(root_fid, root_qpath, 1)}
         self.by_qpath: dict[int, int] = {root_qpath: pyfuse3.ROOT_INODE}
         self.next_inode = pyfuse3.ROOT_INODE + 1
+        self.retired: list[int] = []  # replaced inode fids, clunked at the next forget
         self.dir_inodes: dict[int, int] = {}  # open directory fid -> its inode (walks start there)
         self.fallback_unlink = False
         self.fallback_rename = False
@@ -83,16 +84,20 @@ class NinePFS(pyfuse3.Operations):
     async def _remember(self, fid: int, qpath: int) -> int:
         """The inode for a freshly walked fid (one more lookup on it)."""
         inode = self.by_qpath.get(qpath)
-        if inode is not None and inode != pyfuse3.ROOT_INODE:
-            node = self.inodes[inode]
-            # Keep the newest fid: an inode number can be reused by a new file after a remove.
-            old, node.fid = node.fid, fid
-            node.lookups += 1
-            await self._clunk(old)
-            return inode
         if inode == pyfuse3.ROOT_INODE:
             self.inodes[inode].lookups += 1
             await self._clunk(fid)
+            return inode
+        if inode is not None:
+            # Known file: use the newest fid (a path-based server such as diod may have lost
+            # track of the old one after a rename); the old one may be in use by a request
+            # right now, so it is clunked later, at the next forget.
+            node = self.inodes[inode]
+            self.retired.append(node.fid)
+            node.fid = fid
+            node.lookups += 1
+            if len(self.retired) > 256:
+                await self._clunk_retired()
             return inode
         inode = self.next_inode
         self.next_inode += 1
@@ -166,8 +171,14 @@ class NinePFS(pyfuse3.Operations):
         return await self._lookup(parent_inode, os.fsdecode(name))
 
     async def forget(self, inode_list: Any) -> None:
+        await self._clunk_retired()
         for inode, n in inode_list:
             await self._unref(inode, n)
+
+    async def _clunk_retired(self) -> None:
+        retired, self.retired = self.retired, []
+        for fid in retired:
+            await self._clunk(fid)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:

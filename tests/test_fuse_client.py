@@ -99,6 +99,7 @@ def exercise(export: Path, mnt: Path) -> None:
     os.rename(mnt / "renamed.txt", mnt / "dir" / "moved.txt")
     assert sorted(os.listdir(mnt / "dir")) == ["moved.txt"]
     assert (mnt / "dir" / "moved.txt").stat().st_size == len(b"hello over 9p\nmore\n")
+    assert (mnt / "dir" / "moved.txt").read_bytes() == b"hello over 9p\nmore\n"  # opened after the move
     os.unlink(mnt / "dir" / "moved.txt")
     os.rmdir(mnt / "dir")
     assert not (export / "dir").exists()
