@@ -20,7 +20,6 @@ So a peer mounted at /n/<host> with aname "/" shows /n/<host>/fs/<export>, /n/<h
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shlex
 import socket
@@ -37,6 +36,7 @@ from agent.state.hw import Inventory
 
 # What the owner may let remote writers do through ctl files (``--ctl-allow``).
 CTL_CAPABILITIES = ("event", "refresh", "svc")
+SVC_CACHE_SECONDS = 2.0
 
 
 class AgentNamespace:
@@ -60,6 +60,8 @@ class AgentNamespace:
         self.connections = connections or (lambda: 0)
         self.started = time.time()
         self.inventory = Inventory()
+        self._units_cache: list[dict[str, Any]] = []
+        self._units_at = -SVC_CACHE_SECONDS
         self.root = self._build()
 
     # -- tree ----------------------------------------------------------------------------
@@ -99,9 +101,16 @@ class AgentNamespace:
             "systemd": svc.systemd_running(),
         }
 
+    def _units(self) -> list[dict[str, Any]]:
+        # One systemctl call serves a whole walk (svc/<unit>/active is three lookups).
+        now = time.monotonic()
+        if now - self._units_at > SVC_CACHE_SECONDS:
+            self._units_cache, self._units_at = svc.units(), now
+        return self._units_cache
+
     def _svc_children(self, parent: SynthDir) -> dict[str, Node]:
         out: dict[str, Node] = {}
-        for unit in svc.units():
+        for unit in self._units():
             name = unit["name"].replace("/", "_")
             d = SynthDir(name, parent)
             for key in ("load", "active", "sub", "description"):
@@ -175,6 +184,3 @@ class AgentNamespace:
 def _const(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
-
-def describe(ns: AgentNamespace) -> str:
-    return json.dumps(ns.status(), indent=2)
