@@ -28,7 +28,7 @@ log = logging.getLogger("agent.ninep")
 
 MAX_FIDS = 32768
 RECV_START = 65536
-BATCH_FRAME_MAX = 65536
+BATCH_FRAME_MAX = 4096  # small replies only: file data is never copied into a batch
 SPARE_BUFFERS = 8
 WRITE_HIGH = 256 * 1024  # replies queued in user space before we stop handling requests
 MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) per connection; more get EAGAIN
