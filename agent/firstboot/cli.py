@@ -3,7 +3,8 @@
     python3 -m agent.firstboot.cli --stick /dev/sdb --target /dev/nvme0n1 --host left \\
         --role desktop --oses stable,next,rescue [--allow-wipe] [--events /dev/ttyS0]
 
-Emits ``installed`` {host, disk, seconds}, or ``error`` {stage, message} and exits 1.
+Emits ``installing`` {host, disk, step} as each step starts, then ``installed`` {host, disk,
+seconds}, or ``error`` {stage, message} and exits 1.
 ``--kill-at STEP[+SECONDS]`` cuts the power for tests: the whole process group is killed
 SECONDS after STEP starts (0: at once), as a power cut would stop the machine.
 """
@@ -41,8 +42,16 @@ def power_cut_hook(spec: str) -> StepHook:
 
 
 def run_install(req: Request, events: TextIO, disk_name: str | None = None, kill_at: str | None = None) -> int:
+    """Install; ``installing`` {host, disk, step} as each step starts, then ``installed`` or ``error``."""
+    cut = power_cut_hook(kill_at) if kill_at else None
+
+    def on_step(step: str) -> None:
+        emit("installing", stream=events, host=req.host, disk=disk_name or req.target, step=step)
+        if cut is not None:
+            cut(step)
+
     try:
-        result = install(req, on_step=power_cut_hook(kill_at) if kill_at else None, disk_name=disk_name)
+        result = install(req, on_step=on_step, disk_name=disk_name)
     except InstallError as e:
         emit("error", stream=events, stage=e.stage, message=str(e), host=req.host, disk=disk_name or req.target)
         return EXIT_FAILED

@@ -69,16 +69,18 @@ class Ext4:
         """A folder's entries (not . and ..), or None when it is not a folder."""
         out = self.debugfs([f"ls -p {_q(path)}"])
         entries = []
+        found = False  # a folder lists at least "." and ".."; a missing one lists nothing
         for line in out.splitlines():
             # /inode/mode/uid/gid/name/size/
             fields = line.split("/")
             if len(fields) < 7 or not fields[1].isdigit():
                 continue
+            found = True
             name = "/".join(fields[5:-2])
             if name in (".", "..") or fields[1] == "0":
                 continue
             entries.append(Entry(name, int(fields[2], 8), int(fields[3]), int(fields[4])))
-        return entries if entries or out.strip() else None
+        return entries if found else None
 
     def write_files(self, files: list[tuple[str, bytes, int, int, int]]) -> None:
         """Place files: (path, bytes, mode, uid, gid); parent folders are made as needed (0755)."""

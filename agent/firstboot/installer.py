@@ -209,33 +209,33 @@ def _rename_host(text: str, old: str | None, new: str) -> str:
 
 def write_identity(req: Request, os_name: str, dst: Part, disk_name: str, stage: str) -> None:
     fs = Ext4(req.target, dst.start, stage)
-    raw = fs.read("/etc/clusterctl/host.json")
-    facts: dict[str, Any] = json.loads(raw) if raw else {}
-    old = (fs.read("/etc/hostname") or b"").decode().strip() or None
-    facts.update(host=req.host, role=req.role, os=os_name, candidates=[])
-    hosts_text = (fs.read("/etc/hosts") or b"").decode()
+    installer_name = (fs.read("/etc/hostname") or b"").decode().strip() or None
     with tempfile.TemporaryDirectory(prefix="clusterctl-identity.") as tmp:
+        # The host's own tree (base and OS layers rendered for it, role and host layers) over the root.
         layer = Path(tmp) / "layer"
-        # The host's own overlay (role and host layers rendered by the build) over the root.
         if dump_tree(fs, f"{HOST_LAYERS}/{req.host}/root", layer):
             place_tree(fs, layer / "root", "/")
-        files: list[tuple[str, bytes, int, int, int]] = []
-        for e in fs.listdir(f"{HOST_SECRETS}/{req.host}/ssh") or []:
-            if e.is_dir:
-                continue
+    raw = fs.read("/etc/clusterctl/host.json")
+    facts: dict[str, Any] = json.loads(raw) if raw else {}
+    facts.update(host=req.host, role=req.role, os=os_name, candidates=[])
+    hosts_text = (fs.read("/etc/hosts") or b"").decode()
+    files: list[tuple[str, bytes, int, int, int]] = []
+    for e in fs.listdir(f"{HOST_SECRETS}/{req.host}/ssh") or []:
+        if not e.is_dir:
             data = fs.read(f"{HOST_SECRETS}/{req.host}/ssh/{e.name}") or b""
             files.append((f"/etc/ssh/{e.name}", data, 0o644 if e.name.endswith(".pub") else 0o600, 0, 0))
-        installed = {"host": req.host, "role": req.role, "os": os_name, "disk": disk_name,
-                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        files += [
-            ("/etc/hostname", f"{req.host}\n".encode(), 0o644, 0, 0),
-            ("/etc/hosts", _rename_host(hosts_text, old, req.host).encode(), 0o644, 0, 0),
-            ("/etc/clusterctl/host.json", (json.dumps(facts, indent=2) + "\n").encode(), 0o644, 0, 0),
-            (INSTALLED_FILE, (json.dumps(installed, indent=2) + "\n").encode(), 0o644, 0, 0),
-            # Made afresh on the installed system's first boot (the stick's boot may have set one).
-            ("/etc/machine-id", b"", 0o444, 0, 0),
-        ]
-        fs.write_files(files)
+    installed = {"host": req.host, "role": req.role, "os": os_name, "disk": disk_name,
+                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    files += [
+        ("/etc/hostname", f"{req.host}\n".encode(), 0o644, 0, 0),
+        # An older stick renders /etc/hosts for the installer only: the name is replaced.
+        ("/etc/hosts", _rename_host(hosts_text, installer_name, req.host).encode(), 0o644, 0, 0),
+        ("/etc/clusterctl/host.json", (json.dumps(facts, indent=2) + "\n").encode(), 0o644, 0, 0),
+        (INSTALLED_FILE, (json.dumps(installed, indent=2) + "\n").encode(), 0o644, 0, 0),
+        # Made afresh on the installed system's first boot (the stick's boot may have set one).
+        ("/etc/machine-id", b"", 0o444, 0, 0),
+    ]
+    fs.write_files(files)
     # Every host's files and secrets travel on the stick; only this host's stay, in place.
     fs.remove_tree(HOST_LAYERS)
     fs.remove_tree(HOST_SECRETS)

@@ -1,0 +1,125 @@
+"""End to end in QEMU: one universal stick from profiles/dual-nano-itx.yaml installs both boards.
+
+The stick is built once per session from a copy of the profile that only adds
+``cluster.unattended: true`` (CI has nobody at the console) and ``clusterctl.after=poweroff``
+on the stick's kernel command line (so the test, like a person, pulls the stick while the
+machine is off). Then, per board: boot the stick as USB, the machine is recognised as its host
+unattended and installs onto the disk its selector names; boot again without the stick, from
+that disk, to ``ready`` with the right host and role.
+
+nano-itx (UEFI, one NVMe): host left, role desktop.
+nano-itx-storage (BIOS, a 32 GB SSD and two 2 TB disks): host right, role storage; one 2 TB
+disk is full of data and must be byte-identical afterwards; the power is cut while the
+installer writes, and the stick is booted again: it takes up its own unfinished install.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hardware.board import load_board
+from hardware.qemu import Machine
+from hardware.qemu_cmd import MachinePaths
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "dual-nano-itx.yaml"
+BOOT, INSTALL = 900.0, 1800.0  # seconds, under TCG on a shared 2-core machine
+
+
+@pytest.fixture(scope="session")
+def dualnano_stick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The universal stick (built once; CLUSTERCTL_TEST_CACHE keeps the stage cache across runs)."""
+    base = tmp_path_factory.mktemp("dualnano")
+    data = yaml.safe_load(PROFILE.read_text())
+    data["cluster"]["unattended"] = True
+    for osdef in data["oses"].values():
+        if osdef.get("kind", "system") == "system":
+            osdef["cmdline"] = [*(osdef.get("cmdline") or []), "clusterctl.after=poweroff"]
+    profile = base / "dual-nano-itx.yaml"
+    profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    cache = Path(os.environ.get("CLUSTERCTL_TEST_CACHE") or base / "cache")
+    out = base / "images"
+    proc = subprocess.run([sys.executable, "-m", "builder", "build", str(profile), "--out", str(out),
+                           "--cache-dir", str(cache)], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stick = out / "dualnano" / "stick.img"
+    assert stick.is_file()
+    return stick
+
+
+def boot_stick_until_installed(board: str, workdir: Path, stick: Path, host: str, disk: str) -> dict[str, Any]:
+    with Machine(load_board(board), workdir, boot_image=stick, name=f"{host}-stick") as m:
+        m.start()
+        matched = m.wait_for({"event": "matched", "host": host}, timeout=BOOT)
+        assert matched["chosen_by"] == "unattended" and matched["disk"] == disk
+        installed = m.wait_for({"event": "installed"}, timeout=INSTALL)
+        m.wait_exit(300)  # clusterctl.after=poweroff: the stick can be pulled now
+        return installed
+
+
+def boot_disk_until_ready(board: str, workdir: Path, host: str) -> dict[str, Any]:
+    with Machine(load_board(board), workdir, name=f"{host}-disk") as m:  # no stick
+        m.start()
+        return m.wait_for({"event": "ready"}, timeout=BOOT)
+
+
+def test_left_installs_and_boots_from_its_nvme(dualnano_stick: Path, tmp_path: Path) -> None:
+    wd = tmp_path / "left"
+    installed = boot_stick_until_installed("nano-itx", wd, dualnano_stick, "left", "/dev/nvme0n1")
+    assert installed["host"] == "left" and installed["disk"] == "/dev/nvme0n1" and installed["seconds"] > 0
+    ready = boot_disk_until_ready("nano-itx", wd, "left")
+    assert (ready["host"], ready["role"], ready["os"]) == ("left", "desktop", "stable")
+
+
+def data_disk(path: Path, size: int, work: Path) -> None:
+    """A qcow2 disk of ``size`` bytes holding an ext4 file system full of random data."""
+    tree = work / "data"
+    tree.mkdir()
+    (tree / "archive.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+    raw = work / "data.raw"
+    with open(raw, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "archive", "-d", str(tree), str(raw)], check=True)
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(path)], check=True)
+    subprocess.run(["qemu-img", "resize", "-q", str(path), str(size)], check=True)
+    raw.unlink()
+
+
+def same_disk(a: Path, b: Path) -> bool:
+    """qemu-img compare: the guest-visible contents of two disks, byte for byte."""
+    return subprocess.run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(a), str(b)]).returncode == 0
+
+
+def test_right_survives_a_power_cut_and_leaves_the_data_disk_alone(dualnano_stick: Path, tmp_path: Path) -> None:
+    board = load_board("nano-itx-storage")
+    wd = tmp_path / "right"
+    wd.mkdir()
+    data = MachinePaths(wd, wd).disk(1)  # the first 2 TB disk
+    data_disk(data, board.disks[1].size, tmp_path)
+    pristine = tmp_path / "data-before.qcow2"
+    subprocess.run(["cp", "--sparse=always", str(data), str(pristine)], check=True)
+
+    # First boot from the stick; the power goes while the root is being written.
+    with Machine(board, wd, boot_image=dualnano_stick, name="right-cut") as m:
+        m.start()
+        matched = m.wait_for({"event": "matched", "host": "right"}, timeout=BOOT)
+        target = matched["disk"]  # install.disk {smallest: true}: the 32 GB SSD
+        m.wait_for(lambda e: e["event"] == "installing" and e["step"].startswith("copy:"), timeout=INSTALL)
+        m.kill()
+        assert not any(e["event"] == "installed" for e in m.events)
+
+    # The stick again: its own unfinished install is recognised and done, unattended.
+    installed = boot_stick_until_installed("nano-itx-storage", wd, dualnano_stick, "right", target)
+    assert installed["host"] == "right"
+    ready = boot_disk_until_ready("nano-itx-storage", wd, "right")
+    assert (ready["host"], ready["role"], ready["os"]) == ("right", "storage", "stable")
+    assert same_disk(pristine, data), "the data disk changed"
