@@ -11,11 +11,13 @@ while the socket's send buffer is full or too many requests wait, and fids are c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import inspect
 import logging
 import os
 import resource
+import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -30,6 +32,7 @@ MAX_FIDS = 32768
 RECV_START = 65536
 BATCH_FRAME_MAX = 4096  # small replies only: file data is never copied into a batch
 SPARE_BUFFERS = 8
+SEND_BUFFER = 4 << 20
 WRITE_HIGH = 256 * 1024  # replies queued in user space before we stop handling requests
 MAX_WAITING = 256  # requests waiting in tasks (events reads, fsyncs) per connection; more get EAGAIN
 XATTR_SIZE_MAX = 65536
@@ -178,6 +181,12 @@ class Connection(asyncio.BufferedProtocol):
         # Stop handling requests while replies queue up in user space (the socket is full):
         # they wait in the receive buffer instead, and reading pauses.
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
+        sock = transport.get_extra_info("socket")
+        if SEND_BUFFER and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A send buffer that holds a few whole replies: TCP's autotuning starts at 16 KiB,
+            # and every reply that does not fit costs a loop turn per piece.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -119,8 +119,9 @@ def diod_path() -> str | None:
 
 
 @contextlib.contextmanager
-def diod_server(export: str) -> Iterator[str]:
-    """Debian's diod on loopback, no auth, serving ``export``; yields its address."""
+def diod_server(export: str, pids: list[int] | None = None) -> Iterator[str]:
+    """Debian's diod on loopback, no auth, serving ``export``; yields its address (and
+    appends its process id to ``pids``, for the bench's CPU accounting)."""
     exe = diod_path()
     if exe is None:
         raise FileNotFoundError("diod is not installed (apt-get install diod)")
@@ -128,6 +129,8 @@ def diod_server(export: str) -> Iterator[str]:
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([exe, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", export, "-L", "stderr"],
                             stdout=subprocess.DEVNULL, stderr=log)
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         deadline = time.monotonic() + 10
         while True:
