@@ -401,7 +401,7 @@ SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 
 
-def build_stick(kit: TestKit, dest: Path, append: str, size: int = 64 * 2**20) -> Path:
+def build_stick(kit: TestKit, dest: Path, append: str, size: int = 0) -> Path:
     """A raw disk image that boots the kit under both firmwares: MBR + one FAT partition (type EF)
     holding systemd-boot as the removable-media loader (UEFI) and syslinux (BIOS).
 
@@ -409,6 +409,9 @@ def build_stick(kit: TestKit, dest: Path, append: str, size: int = 64 * 2**20) -
     syslinux --offset), so that the driver's disk and USB boot paths can be tested before the
     image builder exists.
     """
+    if not size:  # room for the kernel, the initramfs and the loaders, rounded up to 8 MiB
+        payload = kit.kernel.stat().st_size + kit.initrd.stat().st_size + SYSTEMD_BOOT.stat().st_size
+        size = -(-(payload + 12 * 2**20) // (8 * 2**20)) * 8 * 2**20
     start = 2048  # sectors: the partition begins at 1 MiB
     sectors = size // 512
     tmp = dest.with_suffix(".tmp")

@@ -95,7 +95,7 @@ def plan_runs(data: dict[str, Any], images_dir: Path, load_board: Callable[[str]
     return runs
 
 
-def _check(run: HostRun, event: dict[str, Any]) -> str | None:
+def check_event(run: HostRun, event: dict[str, Any]) -> str | None:
     """Why an awaited event is wrong for this host, or None."""
     if event["event"] == "error":
         return f"the guest reported an error: {event.get('stage', '?')}: {event.get('message', event)}"
@@ -136,7 +136,7 @@ def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
                     result.reached.append(("installed", time.monotonic() - began))
                     if name != "installed":
                         continue
-                problem = _check(run, event)
+                problem = check_event(run, event)
                 if problem:
                     result.error = m.explain(problem)
                     return result
