@@ -176,7 +176,9 @@ def _overlay_layers(data: dict[str, Any], os_name: str, hosts: list[str], per_ho
     if per_host_root:
         (only,) = hosts
         return root + per_host[only], {}
-    return root, per_host
+    # The stick's own roots also run first boot (wizard + installer); the per-host trees above,
+    # laid over the installed system, do not carry it.
+    return [*root, ["installer", str(OVERLAYS_DIR / "installer")]], per_host
 
 
 def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict[str, str] | None = None,
