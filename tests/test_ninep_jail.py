@@ -275,3 +275,37 @@ def test_read_only_export_refuses_every_change(jail: tuple[OurServer, Path]) -> 
     run(go())
     after = {p.name: (p.stat().st_mtime_ns, p.stat().st_mode) for p in ro.iterdir()}
     assert after == before
+
+
+def test_remove_by_a_stale_name_is_refused(jail: tuple[OurServer, Path]) -> None:
+    """Tremove acts by the name a fid was walked by: if that name now holds another file,
+    the other file is left alone."""
+    server, base = jail
+    rw = base / "rw"
+    (rw / "orig").write_bytes(b"walked")
+
+    async def go() -> None:
+        c = await connect(server, "rw")
+        await c.walk(ROOT, 2, ["orig"])
+        os.rename(rw / "orig", rw / "orig.moved")
+        (rw / "orig").write_bytes(b"newcomer")
+        assert await err(c.remove(2)) == errno.ESTALE
+        await c.close()
+
+    run(go())
+    assert (rw / "orig").read_bytes() == b"newcomer" and (rw / "orig.moved").exists()
+
+
+def test_tversion_resets_the_session(jail: tuple[OurServer, Path]) -> None:
+    server, _base = jail
+
+    async def go() -> None:
+        c = await connect(server, "rw")
+        await c.walk(ROOT, 2, [])
+        await c.version(65536)
+        assert await err(c.getattr(ROOT)) == errno.EBADF  # every fid went with the old session
+        await c.attach(ROOT, "rw")
+        assert (await c.getattr(ROOT))["qid"].type == proto.QTDIR
+        await c.close()
+
+    run(go())
