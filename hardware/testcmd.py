@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hardware.board import Board, BoardError, board_from_dict
+from hardware.board import Board, BoardError, load_board
 from hardware.lan import LanError
 from hardware.qemu_cmd import MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
 from hardware.testrun import HostResult, HostRun, plan_runs, run_all
@@ -24,10 +24,7 @@ EXIT_USAGE = 2
 
 def checked_board(name: str) -> Board:
     """A board through the profile's validated loader (located errors), as the driver's type."""
-    from builder.profile import load_board
-
-    data = load_board(name)
-    return board_from_dict(data, str(data.get("name", name)))
+    return load_board(name)
 
 
 def _usage_error(message: str) -> int:

@@ -9,4 +9,4 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.qemu_fixtures"]

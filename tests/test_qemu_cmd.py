@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hardware.board import CHASSIS_TYPES, Board, BoardError, Disk, board_from_dict, board_names, load_board
+from hardware.board import CHASSIS_TYPES, Board, BoardError, Disk, board_names, load_board
 from hardware.qemu import Machine
 from hardware.qemu_cmd import (
     MachineConfig,
@@ -148,13 +149,14 @@ def test_commas_in_dmi_strings_are_escaped(tmp_path: Path) -> None:
         ({"cpus": 0}, "cpus"),
     ],
 )
-def test_bad_boards_are_refused_with_a_reason(change: dict[str, object], message: str) -> None:
+def test_bad_boards_are_refused_with_a_reason(change: dict[str, object], message: str, tmp_path: Path) -> None:
     data: dict[str, object] = {
         "description": "d", "firmware": "uefi", "dmi": {"vendor": "V", "product": "P", "chassis": "desktop"},
     }  # fmt: skip
     data.update(change)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(BoardError, match=message):
-        board_from_dict(data, "bad")
+        load_board(tmp_path / "bad.yaml")
 
 
 def test_unknown_board_name_lists_the_known_ones() -> None:
