@@ -8,6 +8,7 @@ the host's default OS first. Both menus stay: systemd-boot for UEFI, syslinux fo
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -86,8 +87,6 @@ class Fat:
         return self._run(["mtype", f"::{path}"])
 
     def write(self, path: str, text: str, tmpdir: str) -> None:
-        import os
-
         local = os.path.join(tmpdir, path.replace("/", "_"))
         with open(local, "w", encoding="utf-8") as f:
             f.write(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,6 @@ class Ext4:
         if not commands:
             return ""
         argv = ["debugfs", *(["-w"] if write else []), "-f", "-", self.target]
-        import subprocess
-
         proc = subprocess.run(argv, input="\n".join(commands).encode() + b"\n", capture_output=True,
                               env={**os.environ, "LC_ALL": "C"})
         err = proc.stderr.decode("utf-8", "replace")

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,29 +72,47 @@ def forced_decision(profile: dict[str, Any], inventory: dict[str, Any], host: st
                     disk=choice.disk["name"], disk_path=choice.disk["path"], wipe=choice.holds_data, oses=oses, why=why)
 
 
+def best_effort(argv: list[str]) -> bool:
+    """Run a system tool whose failure (or absence) must not stop first boot; True if it worked."""
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def freeze_root() -> bool:
     """Make the running root read-only so its copy is consistent (the stick's root is one of the
     partitions copied). The journal moves to /run first. Best effort: the copy is fsck'd anyway."""
-    subprocess.run(["journalctl", "--relinquish-var"], capture_output=True)
-    subprocess.run(["sync"], capture_output=True)
-    return subprocess.run(["mount", "-o", "remount,ro", "/"], capture_output=True).returncode == 0
+    best_effort(["journalctl", "--relinquish-var"])
+    best_effort(["sync"])
+    return best_effort(["mount", "-o", "remount,ro", "/"])
 
 
 def thaw_root() -> None:
-    subprocess.run(["mount", "-o", "remount,rw", "/"], capture_output=True)
-    subprocess.run(["journalctl", "--flush"], capture_output=True)
+    best_effort(["mount", "-o", "remount,rw", "/"])
+    best_effort(["journalctl", "--flush"])
 
 
-def prefer_disk_next(disk: str) -> None:
+def prefer_disk_next(disk: str) -> bool:
     """UEFI: a boot entry for the installed disk's ESP, first in BootOrder (efibootmgr puts new
-    entries first), so the reboot lands on the disk even with the stick still in."""
+    entries first), so the reboot lands on the disk even with the stick still in. Without
+    efibootmgr the firmware's own order decides (pull the stick)."""
     if not os.path.isdir("/sys/firmware/efi"):
-        return
-    subprocess.run(["efibootmgr", "--quiet", "--create", "--disk", disk, "--part", "1", "--label", "clusterctl",
-                    "--loader", "\\EFI\\BOOT\\BOOTX64.EFI"], capture_output=True)
+        return False
+    return best_effort(["efibootmgr", "--quiet", "--create", "--disk", disk, "--part", "1", "--label", "clusterctl",
+                        "--loader", "\\EFI\\BOOT\\BOOTX64.EFI"])
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return first_boot(argv)
+    except Exception as e:  # a bug must still reach the console as an event, not only the journal
+        traceback.print_exc()
+        emit("error", stage="firstboot", message=f"{type(e).__name__}: {e}")
+        return EXIT_FAILED
+
+
+def first_boot(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="clusterctl-firstboot", description="First boot from the clusterctl stick.")
     p.add_argument("--cmdline", default="/proc/cmdline")
     p.add_argument("--profile", default=PROFILE)
@@ -157,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     if live:
         prefer_disk_next(req.target)
-    if live and opts.after != "none":
-        subprocess.run(["systemctl", "--no-block", opts.after], capture_output=True)
+    if live and opts.after != "none" and not best_effort(["systemctl", "--no-block", opts.after]):
+        emit("error", stream=events, stage=opts.after, message=f"systemctl {opts.after} failed; do it by hand")
+        return EXIT_FAILED
     return EXIT_OK
 
 
