@@ -260,3 +260,24 @@ def test_boot_entries_and_host_names() -> None:
     text = "127.0.1.1\tdualnano-installer.home.arpa dualnano-installer\n10.0.0.2\tdualnano-installer2\n"
     assert _rename_host(text, "dualnano-installer", "left") == \
         "127.0.1.1\tleft.home.arpa left\n10.0.0.2\tdualnano-installer2\n"
+
+
+def test_laying_a_tree_twice_keeps_the_file_system_clean(tmp_path: Path) -> None:
+    """debugfs 1.47.0 leaves a half-made folder when told to make one that exists; place_tree
+    must only make missing folders (found on a real stick: e2fsck "unconnected directory")."""
+    from agent.firstboot.ext4 import Ext4, place_tree
+
+    img = blank(tmp_path / "fs.img", 64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    tree = tmp_path / "tree"
+    (tree / "usr/lib/clusterctl/agent/firstboot").mkdir(parents=True)
+    (tree / "root/.ssh").mkdir(parents=True)
+    (tree / "root/.ssh/authorized_keys").write_text("ssh-ed25519 AAAA x\n")
+    for n in range(5):
+        (tree / f"usr/lib/clusterctl/agent/firstboot/m{n}.py").write_text(f"# {n}\n" * 500)
+    fs = Ext4(str(img), 0)
+    for _ in range(2):
+        place_tree(fs, tree, "/")
+        assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
+    assert fs.read("/usr/lib/clusterctl/agent/firstboot/m4.py") == b"# 4\n" * 500
+    assert fs.read("/root/.ssh/authorized_keys") == b"ssh-ed25519 AAAA x\n"

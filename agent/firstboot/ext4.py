@@ -11,12 +11,12 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from agent.firstboot.tools import InstallError, ext4
 
 # debugfs reports these and carries on; anything else on stderr is a failure.
-_BENIGN = re.compile(r"^(debugfs [\d.]+ \(|(ext2fs_)?mkdir: Ext2 directory already exists|"
+_BENIGN = re.compile(r"^(debugfs [\d.]+ \(|"
                      r"rm: File not found by ext2_lookup|Allocated inode: \d+|$)")
 
 
@@ -57,6 +57,21 @@ class Ext4:
             raise InstallError(self.stage, f"debugfs on {self.target}: {'; '.join(bad[:3]) or proc.returncode}")
         return proc.stdout.decode("utf-8", "replace")
 
+    def existing(self, paths: list[str]) -> set[str]:
+        """Which of ``paths`` exist (one debugfs run listing each parent folder)."""
+        parents = sorted({str(PurePosixPath(p).parent) for p in paths})
+        out = self.debugfs([f"ls -p {_q(d)}" for d in parents])
+        present: set[str] = set()
+        current = None
+        for line in out.splitlines():
+            if line.startswith("debugfs: ls -p "):  # debugfs echoes each command it reads
+                current = line.removeprefix("debugfs: ls -p ").strip().strip('"').rstrip("/")
+                continue
+            fields = line.split("/")
+            if current is not None and len(fields) >= 7 and fields[1].isdigit() and fields[1] != "0":
+                present.add(f"{current}/{'/'.join(fields[5:-2])}")
+        return {p for p in paths if p in present}
+
     def read(self, path: str) -> bytes | None:
         """A file's bytes, or None when it is not there."""
         with tempfile.TemporaryDirectory(prefix="clusterctl-ext4.") as tmp:
@@ -83,9 +98,11 @@ class Ext4:
 
     def write_files(self, files: list[tuple[str, bytes, int, int, int]]) -> None:
         """Place files: (path, bytes, mode, uid, gid); parent folders are made as needed (0755)."""
+        folders = sorted({"/" + "/".join(p.strip("/").split("/")[:j]) for p, *_ in files
+                          for j in range(1, p.strip("/").count("/") + 1)})
+        made = self.existing(folders)
         with tempfile.TemporaryDirectory(prefix="clusterctl-ext4.") as tmp:
             cmds: list[str] = []
-            made: set[str] = set()
             for i, (path, data, mode, uid, gid) in enumerate(files):
                 parts = path.strip("/").split("/")[:-1]
                 for j in range(1, len(parts) + 1):
@@ -142,18 +159,25 @@ def place_tree(fs: Ext4, local: Path, dest: str) -> int:
     owners and modes. Returns the number of entries placed."""
     cmds: list[str] = []
     count = 0
+    # debugfs 1.47.0's mkdir of a folder that exists can leave a half-made folder inode behind
+    # (e2fsck: "unconnected directory inode"), so only missing folders are made.
+    folders = [f"/{dest.strip('/')}/{Path(d, n).relative_to(local).as_posix()}".replace("//", "/")
+               for d, dn, _ in os.walk(local) for n in dn if not Path(d, n).is_symlink()]
+    there = fs.existing(folders)
     for dirpath, dirnames, filenames in os.walk(local):
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(local)
         for name in sorted(dirnames) + sorted(filenames):
             src = Path(dirpath, name)
-            path = "/" + "/".join(p for p in (dest.strip("/"), rel_dir.as_posix().strip("."), name) if p)
+            rel = "" if rel_dir == Path(".") else rel_dir.as_posix()
+            path = "/" + "/".join(p for p in (dest.strip("/"), rel, name) if p)
             st = src.lstat()
             q = _q(path)
             if src.is_symlink():
                 cmds += [f"rm {q}", f"symlink {q} {_q(os.readlink(src))}"]
             elif src.is_dir():
-                cmds += [f"mkdir {q}", f"sif {q} mode 0{0o040000 | (st.st_mode & 0o7777):o}"]
+                cmds += [] if path in there else [f"mkdir {q}"]
+                cmds.append(f"sif {q} mode 0{0o040000 | (st.st_mode & 0o7777):o}")
             else:
                 cmds += [f"rm {q}", f"write {_q(str(src))} {q}", f"sif {q} mode 0{0o100000 | (st.st_mode & 0o7777):o}"]
             cmds += [f"sif {q} uid {st.st_uid}", f"sif {q} gid {st.st_gid}"] if not src.is_symlink() else []
