@@ -59,6 +59,10 @@ def add_users(files: dict[str, str], users: list[dict[str, Any]]) -> tuple[dict[
             gshadow.append([name, "!", "", ""])
         pw = str(u.get("password_hash") or "!")  # no hash: no password login, keys only
         shadow = [r for r in shadow if r[0] != name] + [[name, pw, "19000", "0", "99999", "7", "", "", ""]]
+        accounts.append(Account(name, uid, gid, home, shell, list(u.get("ssh_keys") or [])))
+    # Groups after all users, so users get consecutive ids whatever groups they ask for.
+    for u in users:
+        name = str(u["name"])
         for g in u.get("groups") or []:
             row = next((r for r in group if r[0] == g), None)
             if row is None:
@@ -73,7 +77,6 @@ def add_users(files: dict[str, str], users: list[dict[str, Any]]) -> tuple[dict[
                 gm = [m for m in grow[3].split(",") if m]
                 if name not in gm:
                     grow[3] = ",".join([*gm, name])
-        accounts.append(Account(name, uid, gid, home, shell, list(u.get("ssh_keys") or [])))
     out = {"etc/passwd": _dump(passwd), "etc/group": _dump(group),
            "etc/shadow": _dump(shadow), "etc/gshadow": _dump(gshadow)}
     return out, accounts
