@@ -322,3 +322,19 @@ def test_uefi_menu_picks_the_second_entry(built: dict[str, Any], tmp_path: Path)
 def test_bios_boots_the_entry_typed_at_the_prompt(built: dict[str, Any], tmp_path: Path) -> None:
     ev = _boot(built, "storage-box", tmp_path / "vm", prompt=r"boot:", keys="rescue\r")  # firmware: bios
     assert ev["os"] == "rescue"
+
+
+def test_a_failed_stage_is_named_with_its_log(tmp_path: Path) -> None:
+    data = yaml.safe_load(PROFILE.read_text())
+    data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
+    data["oses"]["stable"]["mirror"] = "http://127.0.0.1:9/debian"  # nothing listens there: fails at once
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "builder", "build", str(profile), "--out", str(tmp_path / "o"),
+                        "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    assert "stage rootfs:stable failed" in r.stderr and "Traceback" not in r.stderr
+    log = tmp_path / "o" / "vesawall" / "logs" / "rootfs_stable.log"
+    assert str(log) in r.stderr.replace("\n", "")
+    assert "127.0.0.1:9" in log.read_text()
+    assert not (tmp_path / "o" / "vesawall" / "stick.img").exists()
