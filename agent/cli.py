@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
@@ -25,6 +26,9 @@ def register(subparsers: Any) -> None:
                    help="HOST:PORT, [V6]:PORT or unix:PATH (repeatable; default 127.0.0.1:5640)")
     s.add_argument("--insecure-no-auth", action="store_true",
                    help="serve without authentication (loopback addresses only)")
+    s.add_argument("--identity", metavar="DIR",
+                   help="this host's identity (host.crt, host.key, ca.crt): peers must prove theirs "
+                        "before any 9P; any address may then be served")
     s.add_argument("--ctl-allow", action="append", default=[], metavar="CAP",
                    help="let ctl files run commands of this kind: event, refresh, svc (repeatable or comma list)")
     s.add_argument("--msize", type=int, default=1 << 20, help="largest message size to agree to (default 1 MiB)")
@@ -38,7 +42,24 @@ def register(subparsers: Any) -> None:
     m.add_argument("--aname", default="", help="attach name ('' = whole host, 'fs/NAME' = one export)")
     m.add_argument("--msize", type=int, default=1 << 20, help="message size to ask for (default 1 MiB)")
     m.add_argument("--uname", default="root", help="user name sent in Tattach")
+    m.add_argument("--identity", metavar="DIR",
+                   help="authenticate with this host identity (the server must be serving with --identity)")
     m.set_defaults(func=_mount)
+
+    i = sub.add_parser("identity", help="cluster CA and host identities (certificates, WireGuard keys)",
+                       description="Make the cluster CA and issue host identities by hand (the build does "
+                                   "this for every host; see docs/identity.md).")
+    isub = i.add_subparsers(dest="identity_command", metavar="SUBCOMMAND", title="subcommands")
+    i.set_defaults(func=lambda args: _help(i))
+    init = isub.add_parser("init", help="make the cluster CA (or show the one that is there)")
+    init.add_argument("--cluster", required=True, help="cluster name")
+    init.add_argument("--ca-dir", metavar="DIR", help="default ~/.config/clusterctl/CLUSTER/ca")
+    init.set_defaults(func=_identity_init)
+    iss = isub.add_parser("issue", help="issue a host's certificate, key, WireGuard keys and mesh address")
+    iss.add_argument("--ca-dir", metavar="DIR", required=True, help="the CA folder (from init)")
+    iss.add_argument("--host", required=True, help="host name (the certificate's CN)")
+    iss.add_argument("--out", metavar="DIR", required=True, help="folder for this host's files (made 0700)")
+    iss.set_defaults(func=_identity_issue)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -60,7 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
         names = [e.name for e in exports]
         if len(set(names)) != len(names):
             raise UsageError("an export name is given twice")
-        listen = check_listen(args.listen or ["127.0.0.1:5640"], args.insecure_no_auth)
+        listen = check_listen(args.listen or ["127.0.0.1:5640"], args.insecure_no_auth,
+                              authenticated=args.identity is not None)
         if not proto.MIN_MSIZE <= args.msize <= proto.MAX_MSIZE:
             raise UsageError(f"--msize must be between {proto.MIN_MSIZE} and {proto.MAX_MSIZE}")
         caps = [c.strip() for item in args.ctl_allow for c in item.split(",") if c.strip()]
@@ -69,10 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
         bad = [c for c in caps if c not in CTL_CAPABILITIES]
         if bad:
             raise UsageError(f"--ctl-allow {','.join(bad)}: known: {', '.join(CTL_CAPABILITIES)}")
+        gate = _gate(args.identity) if args.identity is not None else None
     except UsageError as exc:
         return _usage(str(exc))
     try:
-        return run(exports, listen, ctl_allow=caps, max_msize=args.msize, hostname=args.hostname)
+        return run(exports, listen, ctl_allow=caps, max_msize=args.msize, hostname=args.hostname, gate=gate)
     except OSError as exc:
         print(f"clusterctl agent serve: {exc}", file=sys.stderr)
         return 1
@@ -97,7 +120,61 @@ def _mount(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        return mount(args.address, args.mountpoint, aname=args.aname, msize=args.msize, uname=args.uname)
+        sock = None
+        if args.identity is not None:
+            from agent.identity import IdentityError
+            from agent.peer import connect_authenticated
+
+            try:
+                sock, _peer = connect_authenticated(args.address, args.identity)
+            except IdentityError as exc:
+                return _usage(f"--identity: {exc}")
+        return mount(args.address, args.mountpoint, aname=args.aname, msize=args.msize, uname=args.uname,
+                     sock=sock)
     except (OSError, ConnectionError) as exc:
         print(f"clusterctl agent mount: {exc}", file=sys.stderr)
         return 1
+
+
+def _gate(directory: str) -> Any:
+    from agent.auth import gate_for
+    from agent.identity import IdentityError, load_host_identity
+    from agent.service import UsageError
+
+    try:
+        return gate_for(load_host_identity(Path(directory)))
+    except IdentityError as exc:
+        raise UsageError(f"--identity: {exc}") from None
+
+
+def _identity_init(args: argparse.Namespace) -> int:
+    from agent.identity import IdentityError, default_ca_dir, fingerprint, init_ca
+
+    try:
+        ca_dir = Path(args.ca_dir) if args.ca_dir else default_ca_dir(args.cluster)
+        ca, made = init_ca(ca_dir, args.cluster)
+    except IdentityError as exc:
+        return _usage(str(exc))
+    except OSError as exc:
+        print(f"clusterctl agent identity init: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'made' if made else 'kept'} the CA of cluster {ca.cluster} in {ca_dir} "
+          f"(sha256 {fingerprint(ca.cert).hex()})")
+    return 0
+
+
+def _identity_issue(args: argparse.Namespace) -> int:
+    from agent.identity import IdentityError, issue_host, load_ca, write_host_identity
+
+    try:
+        ca = load_ca(Path(args.ca_dir))
+        ident = issue_host(ca, args.host)
+        write_host_identity(ident, Path(args.out))
+    except IdentityError as exc:
+        return _usage(str(exc))
+    except OSError as exc:
+        print(f"clusterctl agent identity issue: {exc}", file=sys.stderr)
+        return 1
+    print(f"issued {ident.host} of cluster {ident.cluster}: mesh address {ident.address}, "
+          f"WireGuard public key {ident.wg_public}, files in {args.out}")
+    return 0

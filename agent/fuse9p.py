@@ -16,6 +16,7 @@ import errno
 import functools
 import os
 import signal
+import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -435,9 +436,15 @@ class NinePFS(pyfuse3.Operations):
             await self._clunk(fid)
 
 
-async def _run(address: str, mountpoint: str, aname: str, msize: int, uname: str) -> None:
+async def _run(address: str, mountpoint: str, aname: str, msize: int, uname: str,
+               sock: socket.socket | None = None) -> None:
     async with trio.open_nursery() as nursery:
-        client = await TrioClient.connect(address, nursery, msize)
+        if sock is None:
+            client = await TrioClient.connect(address, nursery, msize)
+        else:  # already connected and authenticated (agent.peer)
+            client = TrioClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+            nursery.start_soon(client._read_loop)
+            await client.version(msize)
         qid = await client.attach(ROOT_FID, aname, uname, os.getuid())
         client._next_fid = ROOT_FID + 1
         fs = NinePFS(client, ROOT_FID, qid.path)
@@ -468,7 +475,9 @@ async def _run(address: str, mountpoint: str, aname: str, msize: int, uname: str
             await client.close()
 
 
-def mount(address: str, mountpoint: str, *, aname: str = "", msize: int = proto.MAX_MSIZE, uname: str = "root") -> int:
-    """Mount and serve until unmounted (fusermount3 -u), the server hangs up, or a signal."""
-    trio.run(_run, address, mountpoint, aname, msize, uname)
+def mount(address: str, mountpoint: str, *, aname: str = "", msize: int = proto.MAX_MSIZE, uname: str = "root",
+          sock: socket.socket | None = None) -> int:
+    """Mount and serve until unmounted (fusermount3 -u), the server hangs up, or a signal.
+    With ``sock``, 9P runs on that connected socket (``address`` then only names the mount)."""
+    trio.run(_run, address, mountpoint, aname, msize, uname, sock)
     return 0

@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent import events
@@ -61,7 +61,7 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def check_listen(addresses: Iterable[str], insecure_no_auth: bool) -> list[str]:
+def check_listen(addresses: Iterable[str], insecure_no_auth: bool, authenticated: bool = False) -> list[str]:
     out = []
     for address in addresses:
         if not address.startswith("unix:"):
@@ -69,6 +69,9 @@ def check_listen(addresses: Iterable[str], insecure_no_auth: bool) -> list[str]:
                 split_address(address)
             except ValueError as exc:
                 raise UsageError(f"--listen: {exc}") from None
+        if authenticated:  # peers prove their identity first (agent.auth): any address
+            out.append(address)
+            continue
         if not insecure_no_auth:
             raise UsageError("authentication is not available yet: pass --insecure-no-auth (loopback only)")
         if not is_loopback(address):
@@ -108,12 +111,13 @@ async def poll_units(bus: EventBus) -> None:
 
 async def serve(exports: list[Export], listen: list[str], *, ctl_allow: Iterable[str] = (),
                 max_msize: int = 1 << 20, hostname: str | None = None,
-                started: asyncio.Future[list[str]] | None = None) -> None:
+                started: asyncio.Future[list[str]] | None = None,
+                gate: Callable[..., asyncio.BaseProtocol] | None = None) -> None:
     bus = EventBus()
     holder: dict[str, Server] = {}
     ns = AgentNamespace(exports, bus, ctl_allow, hostname,
                         connections=lambda: len(holder["server"].connections) if holder else 0)
-    server = Server(ns, max_msize=max_msize, on_event=bus.publish)
+    server = Server(ns, max_msize=max_msize, on_event=bus.publish, gate=gate)
     holder["server"] = server
     listeners = [await server.listen(a) for a in listen]
     addresses = [a for lst in listeners for a in bound_addresses(lst)]

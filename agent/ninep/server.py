@@ -43,13 +43,17 @@ class Server:
 
     def __init__(self, namespace: Namespace, *, max_msize: int = proto.MAX_MSIZE,
                  authenticate: Callable[[str, str, int], None] | None = None,
-                 on_event: Callable[..., Any] | None = None) -> None:
+                 on_event: Callable[..., Any] | None = None,
+                 gate: Callable[[Callable[[], Connection], Callable[..., None]], asyncio.BaseProtocol]
+                 | None = None) -> None:
         if not proto.MIN_MSIZE <= max_msize <= proto.MAX_MSIZE:
             raise ValueError(f"max msize must be {proto.MIN_MSIZE}..{proto.MAX_MSIZE}")
         self.namespace = namespace
         self.max_msize = max_msize
         self.authenticate = authenticate
         self.on_event = on_event
+        # Wraps each new connection (agent.auth: the handshake runs before the 9P loop).
+        self.gate = gate
         self.connections: set[Connection] = set()
         raise_fd_limit()
 
@@ -68,7 +72,9 @@ class Server:
         except Exception:
             log.exception("event hook failed")
 
-    def protocol(self) -> Connection:
+    def protocol(self) -> asyncio.BaseProtocol:
+        if self.gate is not None:
+            return self.gate(lambda: Connection(self), self.event)
         return Connection(self)
 
     async def listen(self, address: str) -> asyncio.base_events.Server:
