@@ -91,11 +91,12 @@ def _serve(args: argparse.Namespace) -> int:
         bad = [c for c in caps if c not in CTL_CAPABILITIES]
         if bad:
             raise UsageError(f"--ctl-allow {','.join(bad)}: known: {', '.join(CTL_CAPABILITIES)}")
-        gate = _gate(args.identity) if args.identity is not None else None
+        gate, host = _gate(args.identity) if args.identity is not None else (None, None)
     except UsageError as exc:
         return _usage(str(exc))
     try:
-        return run(exports, listen, ctl_allow=caps, max_msize=args.msize, hostname=args.hostname, gate=gate)
+        return run(exports, listen, ctl_allow=caps, max_msize=args.msize, hostname=args.hostname or host,
+                   gate=gate)
     except OSError as exc:
         print(f"clusterctl agent serve: {exc}", file=sys.stderr)
         return 1
@@ -136,13 +137,15 @@ def _mount(args: argparse.Namespace) -> int:
         return 1
 
 
-def _gate(directory: str) -> Any:
+def _gate(directory: str) -> tuple[Any, str]:
+    """The handshake gate for ``--identity DIR`` and the host name its certificate gives."""
     from agent.auth import gate_for
     from agent.identity import IdentityError, load_host_identity
     from agent.service import UsageError
 
     try:
-        return gate_for(load_host_identity(Path(directory)))
+        ident = load_host_identity(Path(directory))
+        return gate_for(ident), ident.host
     except IdentityError as exc:
         raise UsageError(f"--identity: {exc}") from None
 

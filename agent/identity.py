@@ -376,3 +376,18 @@ def ensure_host_identity(ca_dir: Path, cluster: str, host: str, out_dir: Path) -
         pass
     write_host_identity(issue_host(ca, host), out_dir)
     return out_dir, True
+
+
+def image_files(directory: Path) -> list[tuple[Path, str, int]]:
+    """(file on the build machine, name inside the image's identity folder, mode) for what
+    write_host_identity wrote: what the builder copies into the host's image."""
+    return [(Path(directory) / name, name, mode) for name, mode in HOST_FILES.items()]
+
+
+def public_digest(directory: Path) -> str:
+    """A digest of the host's public identity (certificates, WireGuard public key, mesh facts):
+    what a build stage key may depend on, never the keys themselves."""
+    h = hashlib.sha256()
+    for name in (CA_CERT, HOST_CERT, WG_PUB, MESH):
+        h.update(name.encode() + b"\0" + (Path(directory) / name).read_bytes())
+    return h.hexdigest()

@@ -63,14 +63,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 class Serve:
     """``clusterctl agent serve --identity`` as a process; ``address`` is where it listens."""
 
-    def __init__(self, identity: Path, export: Path, hostname: str) -> None:
+    def __init__(self, identity: Path, export: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "builder.cli", "agent", "serve", "--export", f"data={export}:ro",
-             "--listen", "127.0.0.1:0", "--identity", str(identity), "--hostname", hostname],
+             "--listen", "127.0.0.1:0", "--identity", str(identity)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ev = parse_line(self.proc.stdout.readline())
-        if ev is None or ev["event"] != "agent-listening":
+        if ev is None or ev["event"] != "agent-listening" or ev["host"] != idm.load_host_identity(identity).host:
             self.close()
             raise RuntimeError(f"serve did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
         self.address = str(ev["addresses"][0])
@@ -93,7 +93,7 @@ def servers(world: World) -> Iterator[dict[str, Serve]]:
     out: dict[str, Serve] = {}
     try:
         for name in ("left", "right", "stranger"):
-            out[name] = Serve(world.dirs[name], world.export, "left" if name == "stranger" else name)
+            out[name] = Serve(world.dirs[name], world.export)  # host name: the certificate's
         yield out
     finally:
         for s in out.values():

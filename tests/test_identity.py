@@ -91,6 +91,10 @@ def test_files_modes_and_only_own_secrets(ca_dir: Path, tmp_path: Path) -> None:
     mesh = json.loads((left_dir / idm.MESH).read_text())
     assert mesh == {"host": "left", "cluster": "demo", "address": str(left.address),
                     "prefix": str(idm.mesh_prefix("demo")), "wg_public": left.wg_public}
+    assert [(src.name, name, m) for src, name, m in idm.image_files(left_dir)] == \
+        [(n, n, m) for n, m in idm.HOST_FILES.items()]
+    digest = idm.public_digest(left_dir)
+    assert digest == idm.public_digest(left_dir) and digest != idm.public_digest(right_dir)
     os.chmod(left_dir / idm.HOST_KEY, 0o640)
     with pytest.raises(idm.IdentityError, match="readable by others"):
         idm.load_host_identity(left_dir)
