@@ -67,8 +67,9 @@ def profile_copy(src: Path, dest: Path, extra_overlay: Path, hosts: int | None =
                 del data["hosts"][h]
         for h in clones:
             data["hosts"][h] = clones[h]
-        for pin_host in data["hosts"].values():
-            pin_host.pop("pin", None)
+        # Hosts of one shape must be told apart at first boot: each clone gets its own MAC pin.
+        for i, h in enumerate([template, *clones]):
+            data["hosts"][h]["pin"] = {"mac": f"52:54:00:bb:{i // 256:02x}:{i % 256:02x}"}
         data["images"] = {name: {**image, "hosts": [template, *clones]}}
     dest.write_text(yaml.safe_dump(data))
     return dest
