@@ -184,3 +184,12 @@ def test_bad_input_exits_2(argv: list[str], message: str, tmp_path: Path,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_sealed_ca_cannot_issue_nor_be_replaced(ca_dir: Path) -> None:
+    idm.init_ca(ca_dir, "demo")
+    (ca_dir / idm.CA_KEY).unlink()  # sealed: docs/identity.md
+    with pytest.raises(idm.IdentityError, match=r"ca\.key is missing"):
+        idm.init_ca(ca_dir, "demo")  # never silently a new CA the hosts would not trust
+    with pytest.raises(idm.IdentityError, match="missing"):
+        idm.load_ca(ca_dir)
