@@ -73,7 +73,7 @@ def check_listen(addresses: Iterable[str], insecure_no_auth: bool, authenticated
             out.append(address)
             continue
         if not insecure_no_auth:
-            raise UsageError("authentication is not available yet: pass --insecure-no-auth (loopback only)")
+            raise UsageError("pass --identity DIR (peers must authenticate), or --insecure-no-auth (loopback only)")
         if not is_loopback(address):
             raise UsageError(f"--listen {address}: --insecure-no-auth serves loopback addresses only")
         out.append(address)
