@@ -242,7 +242,10 @@ def test_a_power_cut_is_recovered_by_the_next_run(stick: Path, tmp_path: Path, c
     assert rc == -signal.SIGKILL
     assert not any(e["event"] == "installed" for e in events)
     rec = journal.read(str(disk))
-    assert rec is not None and rec["state"] == "incomplete" and rec["step"] == cut.split("+")[0]
+    step, _, delay = cut.partition("+")
+    assert rec is not None and rec["state"] == "incomplete"
+    # A cut at a step's start stops in that step; one a few ms into it may land a step later.
+    assert rec["step"] == step if not delay else rec["step"] in STEPS_LEFT[STEPS_LEFT.index(step):]
     # The next run recognises its own unfinished install: no wipe permission needed.
     rc, events = run_cli(stick, disk, "left")
     assert rc == 0, events
