@@ -16,10 +16,10 @@ from pathlib import Path
 
 from builder.tools import ToolError
 
-# debugfs keeps going after a failed command; these failures are expected (a folder that is
-# already there, a file that is not there to remove). Anything else fails the stage.
-_BENIGN = re.compile(r"^(debugfs [\d.]+ |ext2fs_mkdir: Ext2 directory already exists|mkdir: Ext2 directory already|"
-                     r"rm: File not found by ext2_lookup|unlink: .*File not found|Allocated inode: \d+|$)")
+# debugfs keeps going after a failed command; these failures are expected (a file that is not
+# there to remove). Anything else fails the stage.
+_BENIGN = re.compile(r"^(debugfs [\d.]+ |rm: File not found by ext2_lookup|unlink: .*File not found|"
+                     r"Allocated inode: \d+|$)")
 
 
 @dataclass(frozen=True)
@@ -41,21 +41,35 @@ def _q(p: str) -> str:
     return f'"{p}"'
 
 
-def script_for(puts: list[Put]) -> str:
+def folders_of(puts: list[Put]) -> list[str]:
+    """Every folder the placements need: their parents and the folders they name."""
+    out: dict[str, None] = {}
+    for p in puts:
+        parts = p.path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            out["/" + "/".join(parts[:i])] = None
+        if p.kind == "dir":
+            out[p.path] = None
+    return list(out)
+
+
+def script_for(puts: list[Put], existing: set[str]) -> str:
+    """debugfs commands for ``puts``. Only folders not in ``existing`` are made: debugfs 1.47.0's
+    mkdir of a folder that is already there can corrupt the file system (e2fsck then finds
+    wrong link counts and an unconnected inode)."""
     cmds: list[str] = []
-    made: set[str] = set()
+    made: set[str] = set(existing)
     for p in puts:
         q = _q(p.path)
-        # Parents first (an existing one just reports that it exists).
         parts = p.path.strip("/").split("/")[:-1]
         for i in range(1, len(parts) + 1):
             d = "/" + "/".join(parts[:i])
             if d not in made:
                 made.add(d)
                 cmds.append(f"mkdir {_q(d)}")
-        made.add(p.path)
         if p.kind == "dir":
-            cmds.append(f"mkdir {q}")
+            if p.path not in made:
+                cmds.append(f"mkdir {q}")
             # Folders the root already has keep their mode unless the overlay asks for another.
             if (p.mode, p.uid, p.gid) != (0o755, 0, 0):
                 cmds += [f"sif {q} mode 0{0o040000 | p.mode:o}", f"sif {q} uid {p.uid}", f"sif {q} gid {p.gid}"]
@@ -65,6 +79,7 @@ def script_for(puts: list[Put]) -> str:
             assert p.src is not None
             cmds += [f"rm {q}", f"write {_q(str(p.src))} {q}", f"sif {q} mode 0{0o100000 | p.mode:o}",
                      f"sif {q} uid {p.uid}", f"sif {q} gid {p.gid}"]
+        made.add(p.path)
     return "\n".join(cmds) + "\n"
 
 
@@ -94,9 +109,13 @@ def place(image: Path, offset: int, puts: list[Put], log: Path) -> None:
     if not puts:
         return
     target = f"{image}?offset={offset}"
+    # The installer's reader of ext4 folders serves here too (agent/ is importable on the build host).
+    from agent.firstboot.ext4 import Ext4
+
+    existing = Ext4(str(image), offset, stage="overlay").existing(folders_of(puts))
     with open(log, "a", encoding="utf-8") as lf:
         lf.write(f"$ debugfs -w -f - '{target}'  # {len(puts)} placement(s)\n")
-        proc = subprocess.run(["debugfs", "-w", "-f", "-", target], input=script_for(puts).encode(),
+        proc = subprocess.run(["debugfs", "-w", "-f", "-", target], input=script_for(puts, existing).encode(),
                               capture_output=True)
         err = proc.stderr.decode("utf-8", "replace")
         bad = [line for line in err.splitlines() if not _BENIGN.match(line.strip())]
