@@ -211,7 +211,8 @@ class Builder:
         size = partition_size(rootfs.record["content_bytes"], stage.inputs["headroom_mib"])
         out = work / "root.ext4"
         build_rootpart(rootfs.path, out, work, label=stage.inputs["label"],
-                       fs_uuid=stage.inputs["fs_uuid"], size=size, log=log, on_line=self._sink(stage.name))
+                       fs_uuid=stage.inputs["fs_uuid"], size=size, log=log, on_line=self._sink(stage.name),
+                       scratch=self.cache.ram_scratch())
         return {"size": size, "sha256": esp_stage.file_sha256(out)}, out
 
     def _run_rescue(self, plan: Plan, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:

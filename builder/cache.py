@@ -10,6 +10,7 @@ Per-host secrets never come here: they live beside the build output (see builder
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any
 
 import diskcache
 
+SHM = Path("/dev/shm")
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clusterctl"
 LIMIT = 64 * 1024**3  # root tarballs and partitions are large; evict least recently used past this
 
@@ -97,9 +99,28 @@ class StageCache:
         return Path(tempfile.mkdtemp(prefix=f"{label.replace('/', '_').replace(':', '_')}.",
                                      dir=self.work_root))
 
+    @property
+    def tag(self) -> str:
+        """Names scratch kept outside the cache (in RAM) as this cache's, for clean_stale_work."""
+        return hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:10]
+
+    def ram_scratch(self) -> Path | None:
+        """A scratch folder in /dev/shm when it has room (unpacking a root there is twice as fast)."""
+        try:
+            st = os.statvfs(SHM)
+            if st.f_bavail * st.f_frsize > 6 * 1024**3:
+                return Path(tempfile.mkdtemp(prefix=f"clusterctl-{self.tag}.", dir=SHM))
+        except OSError:
+            pass
+        return None
+
     def clean_stale_work(self) -> None:
-        """Remove scratch left by builds that were killed (no other build may be running)."""
-        for p in self.work_root.iterdir():
+        """Remove scratch left by builds that were killed (called under the build lock, so no
+        other build of this cache is running)."""
+        stale = list(self.work_root.iterdir())
+        if SHM.is_dir():
+            stale += list(SHM.glob(f"clusterctl-{self.tag}.*"))
+        for p in stale:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:

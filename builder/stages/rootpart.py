@@ -1,15 +1,13 @@
 """A root partition as a plain file: ``mkfs.ext4 -d`` over the root tarball.
 
 No loop device, no mount. e2fsprogs 1.47.0 (Debian bookworm) cannot read a tarball for
-``-d`` (1.47.1 can), so both tarballs are unpacked into scratch space first, owners kept:
+``-d`` (1.47.1 can), so the tarball is unpacked into scratch space first, owners kept:
 as root directly, otherwise inside a user namespace with the caller's subordinate ids.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from builder.tools import LineSink, ToolRunner, userns_prefix
@@ -23,23 +21,11 @@ def partition_size(content_bytes: int, headroom_mib: int) -> int:
     return (size + MiB - 1) // MiB * MiB
 
 
-def scratch_dir(work: Path) -> Path:
-    """Unpacking into RAM (when /dev/shm has room) halves the time of this stage."""
-    shm = Path("/dev/shm")
-    try:
-        st = os.statvfs(shm)
-        if st.f_bavail * st.f_frsize > 6 * 1024**3:
-            return Path(tempfile.mkdtemp(prefix="clusterctl-tree.", dir=shm))
-    except OSError:
-        pass
-    tree = work / "tree"
-    tree.mkdir()
-    return tree
-
-
 def build_rootpart(rootfs_tar: Path, out: Path, work: Path, *, label: str, fs_uuid: str,
-                   size: int, log: Path, on_line: LineSink | None = None) -> None:
-    tree = scratch_dir(work)
+                   size: int, log: Path, on_line: LineSink | None = None, scratch: Path | None = None) -> None:
+    """``scratch``: an empty folder to unpack into (RAM, say); by default one under ``work``."""
+    tree = scratch or work / "tree"
+    tree.mkdir(exist_ok=True)
     with open(out, "wb") as f:
         f.truncate(size)
     # One shell in one namespace: unpack, make the file system from the tree, clean up.
