@@ -22,6 +22,8 @@ BASE_PACKAGES: tuple[str, ...] = (
     "iproute2", "tzdata", "ca-certificates", "less",
     "python3", "python3-pyudev", "python3-rich", "python3-yaml", "python3-cryptography",
     "python3-zeroconf",
+    # the fused agent's mesh: wg(8) keys the kernel's WireGuard links
+    "wireguard-tools",
     # first boot's installer (and any installed system's own fsck): sfdisk, e2image, resize2fs,
     # debugfs, mtools; efibootmgr points UEFI at the installed disk with the stick still in
     "e2fsprogs", "fdisk", "mtools", "efibootmgr",
