@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.events import parse_line
 from hardware.board import load_board
 from hardware.qemu import Machine
 from hardware.qemu_cmd import MachinePaths
@@ -75,11 +76,25 @@ def boot_disk_until_ready(board: str, workdir: Path, host: str) -> dict[str, Any
         return m.wait_for({"event": "ready"}, timeout=BOOT)
 
 
-def test_left_installs_and_boots_from_its_nvme(dualnano_stick: Path, tmp_path: Path) -> None:
-    wd = tmp_path / "left"
-    installed = boot_stick_until_installed("nano-itx", wd, dualnano_stick, "left", "/dev/nvme0n1")
-    assert installed["host"] == "left" and installed["disk"] == "/dev/nvme0n1" and installed["seconds"] > 0
-    ready = boot_disk_until_ready("nano-itx", wd, "left")
+def test_clusterctl_test_installs_and_boots_both_hosts(dualnano_stick: Path, tmp_path: Path) -> None:
+    """``clusterctl test`` on the real stick, as a user runs it: each board boots the stick, is
+    recognised, installs, powers off; the stick is pulled and the host boots from its disk to
+    ``ready`` with its own host and role. left: UEFI + NVMe; right: BIOS + SATA."""
+    work = tmp_path / "machines"
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "test", str(dualnano_stick.parents[2] / "dual-nano-itx.yaml"),
+         "--images", str(dualnano_stick.parent), "--workdir", str(work), "--keep", "--timeout", str(INSTALL)],
+        cwd=ROOT, capture_output=True, text=True, timeout=2 * (INSTALL + BOOT),
+        env={**os.environ, "COLUMNS": "240"})  # one table row a line  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for host, firmware in (("left", "uefi"), ("right", "bios")):
+        row = next(line for line in proc.stdout.splitlines() if line.strip("│┃ ").startswith(host))
+        assert firmware in row and "ready" in row and "pass" in row.lower(), row
+    events = [e for line in (work / "left" / "console.log").read_text(errors="replace").splitlines()
+              if (e := parse_line(line))]  # fmt: skip
+    installed = next(e for e in events if e["event"] == "installed")
+    assert installed["host"] == "left" and installed["disk"] == "/dev/nvme0n1"  # the selector's disk {type: nvme}
+    ready = [e for e in events if e["event"] == "ready"][-1]
     assert (ready["host"], ready["role"], ready["os"]) == ("left", "desktop", "stable")
 
 
