@@ -15,7 +15,11 @@ def register(subparsers: Any) -> None:
                                   description="The fused agent's 9P2000.L server and FUSE client.")
     sub = agent.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", title="subcommands")
     agent.set_defaults(func=lambda args: _help(agent))
+    add_commands(sub)
 
+
+def add_commands(sub: Any) -> None:
+    """The agent's subcommands, under ``clusterctl agent`` and ``clusterctl-agent`` alike."""
     s = sub.add_parser("serve", help="serve exports and host state over 9P2000.L",
                        description=("Serve directories and this host's state (hw/, os/, svc/, status, events, "
                                     "ctl) over 9P2000.L. Attach name '' or '/' gives the whole tree, "
@@ -60,6 +64,30 @@ def register(subparsers: Any) -> None:
     iss.add_argument("--host", required=True, help="host name (the certificate's CN)")
     iss.add_argument("--out", metavar="DIR", required=True, help="folder for this host's files (made 0700)")
     iss.set_defaults(func=_identity_issue)
+
+    r = sub.add_parser("run", help="the agent daemon of an installed host (mesh, discovery, /n/<host> mounts)",
+                       description=("Bring up the WireGuard mesh from this host's identity, serve 9P on the mesh "
+                                    "address, find peers (mDNS and seeds) and mount each at <namespace>/<host>. "
+                                    "Runs until SIGTERM; see docs/agent.md."))
+    r.add_argument("--etc", default="/etc/clusterctl", metavar="DIR",
+                   help="host.json, profile.json and identity/ (default /etc/clusterctl)")
+    r.add_argument("--run-dir", default="/run/clusterctl", metavar="DIR",
+                   help="where the membership table goes (default /run/clusterctl)")
+    r.add_argument("--mount", choices=("auto", "v9fs", "fuse"), default="auto",
+                   help="how peers are mounted: the kernel's 9p, the FUSE client, or v9fs when there")
+    r.add_argument("--no-wireguard", action="store_true",
+                   help="do not make wg0: the mesh addresses are already routed (another VPN, tests)")
+    r.add_argument("--no-mdns", action="store_true", help="find peers through the seeds only")
+    r.add_argument("--listen", metavar="ADDR", help="serve 9P here instead of [mesh address]:fusion port")
+    r.add_argument("--namespace", metavar="DIR", help="mount peers here instead of cluster.fusion.namespace")
+    r.add_argument("--port", type=int, help="the peers' 9P port instead of cluster.fusion.port")
+    r.set_defaults(func=_run)
+
+    st = sub.add_parser("status", help="the cluster as this host's agent sees it",
+                        description="Hosts, roles, online, exports and mount paths, from the agent's table.")
+    st.add_argument("--json", action="store_true", help="the table as JSON")
+    st.add_argument("--run-dir", default="/run/clusterctl", metavar="DIR")
+    st.set_defaults(func=_status)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -180,4 +208,70 @@ def _identity_issue(args: argparse.Namespace) -> int:
         return 1
     print(f"issued {ident.host} of cluster {ident.cluster}: mesh address {ident.address}, "
           f"WireGuard public key {ident.wg_public}, files in {args.out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import logging
+    import signal
+
+    from agent import events
+    from agent.mesh import config
+    from agent.mesh.daemon import Agent
+    from agent.mesh.mounts import MountError, pick_backend
+    from agent.mesh.wireguard import MeshError, WireGuard
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config.load(Path(args.etc))
+        if args.namespace:
+            cfg.namespace = Path(args.namespace)
+        if args.port:
+            cfg.port = args.port
+        backend = pick_backend(args.mount)
+    except (config.ConfigError, MountError) as exc:
+        events.emit("error", stage="agent", message=str(exc))
+        return _usage(str(exc)) if isinstance(exc, config.ConfigError) else 1
+    agent = Agent(cfg, backend, wg=None if args.no_wireguard else WireGuard(), run_dir=Path(args.run_dir),
+                  mdns=not args.no_mdns, listen=args.listen)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent.run()
+
+    try:
+        asyncio.run(main())
+    except (MeshError, OSError, config.ConfigError) as exc:
+        events.emit("error", stage="agent", host=cfg.host, message=str(exc))
+        print(f"clusterctl-agent run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.mesh.members import read_table
+    from agent.mesh.status import render
+
+    try:
+        table = read_table(Path(args.run_dir))
+    except FileNotFoundError:
+        print(f"clusterctl status: no {args.run_dir}/members.json: the agent has not run on this host "
+              "(systemctl status clusterctl-agent)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"clusterctl status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(table, indent=1))
+    else:
+        sys.stdout.write(render(table, color=sys.stdout.isatty()))
     return 0

@@ -1,0 +1,144 @@
+"""What the agent reads at start: /etc/clusterctl/{host.json, profile.json, identity/}.
+
+host.json names this host and its role (the build's overlay writes it); profile.json is the
+resolved profile (roles' exports, hosts' LAN addresses, cluster.fusion); identity/ holds this
+host's certificate and keys (agent.identity) and hosts.json, the cluster's register of public
+facts (mesh address and WireGuard public key per host). Bad or missing files raise ConfigError
+with one line that names the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.identity import HostIdentity, IdentityError, check_host_name, load_host_identity
+
+ETC = Path("/etc/clusterctl")
+WG_PORT = 51820
+DEFAULT_NAMESPACE = "/n"
+DEFAULT_9P_PORT = 564
+
+
+class ConfigError(ValueError):
+    """A missing or malformed configuration file: one line, naming the file."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One host of the cluster as every other host knows it (public facts only)."""
+
+    name: str
+    mesh: ipaddress.IPv6Address
+    wg_public: str
+    role: str | None = None
+    lan: str | None = None  # the profile's LAN address, if it gives one
+    exports: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AgentConfig:
+    host: str
+    role: str | None
+    cluster: str
+    identity_dir: Path
+    identity: HostIdentity
+    prefix: ipaddress.IPv6Network
+    exports: dict[str, str]
+    members: dict[str, Member]  # every host of the register, this one included
+    namespace: Path = Path(DEFAULT_NAMESPACE)
+    port: int = DEFAULT_9P_PORT
+    seeds: list[str] = field(default_factory=list)
+    wg_port: int = WG_PORT
+    lan: str | None = None
+
+    @property
+    def mesh(self) -> ipaddress.IPv6Address:
+        return self.identity.address
+
+    @property
+    def peers(self) -> dict[str, Member]:
+        return {n: m for n, m in self.members.items() if n != self.host}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_register(data: Any, where: str) -> dict[str, dict[str, Any]]:
+    """hosts.json: ``{host: {address, wg_public, serial}}``, or the CA's own register file
+    ``{"cluster": ..., "hosts": {...}}`` (both shapes are accepted)."""
+    if isinstance(data, dict) and isinstance(data.get("hosts"), dict) and "cluster" in data:
+        data = data["hosts"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of hosts")
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or "address" not in entry or "wg_public" not in entry:
+            raise ConfigError(f"{where}: host {name!r} needs 'address' and 'wg_public'")
+        try:
+            check_host_name(name)
+            ipaddress.IPv6Address(entry["address"])
+        except (IdentityError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        out[name] = entry
+    return out
+
+
+def role_exports(profile: dict[str, Any], role: str | None) -> dict[str, str]:
+    if not role:
+        return {}
+    exports = ((profile.get("roles") or {}).get(role) or {}).get("exports") or {}
+    if not isinstance(exports, dict):
+        raise ConfigError(f"profile.json: roles.{role}.exports is not a mapping of name to path")
+    return {str(k): str(v) for k, v in exports.items()}
+
+
+def load(etc: Path = ETC) -> AgentConfig:
+    etc = Path(etc)
+    facts = _read_json(etc / "host.json")
+    host = facts.get("host") if isinstance(facts, dict) else None
+    if not host:
+        raise ConfigError(f"{etc / 'host.json'} names no host (an installer's own system runs no agent)")
+    profile_path = etc / "profile.json"
+    profile: dict[str, Any] = _read_json(profile_path) if profile_path.exists() else {}
+    ident_dir = etc / "identity"
+    try:
+        ident = load_host_identity(ident_dir)
+    except (IdentityError, OSError, ValueError) as exc:
+        raise ConfigError(f"{ident_dir}: {exc}") from None
+    if ident.host != host:
+        raise ConfigError(f"{ident_dir}: the certificate is for {ident.host!r}, host.json says {host!r}")
+    if not ident.wg_private:
+        raise ConfigError(f"{ident_dir}: no wg.key")
+    mesh = _read_json(ident_dir / "mesh.json")
+    try:
+        prefix = ipaddress.IPv6Network(mesh["prefix"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{ident_dir / 'mesh.json'}: no valid prefix ({exc})") from None
+    register = parse_register(_read_json(ident_dir / "hosts.json"), str(ident_dir / "hosts.json"))
+    hosts = profile.get("hosts") or {}
+    members: dict[str, Member] = {}
+    for name, entry in register.items():
+        hdef = hosts.get(name) or {}
+        role = hdef.get("role")
+        members[name] = Member(name, ipaddress.IPv6Address(entry["address"]), str(entry["wg_public"]),
+                               role, hdef.get("address"), role_exports(profile, role))
+    if host not in members:
+        # The register is what peers know; this host's own facts come from its identity.
+        members[host] = Member(host, ident.address, ident.wg_public, facts.get("role"),
+                               facts.get("address"), role_exports(profile, facts.get("role")))
+    fusion = (profile.get("cluster") or {}).get("fusion") or {}
+    return AgentConfig(
+        host=host, role=facts.get("role"), cluster=ident.cluster, identity_dir=ident_dir, identity=ident,
+        prefix=prefix, exports=role_exports(profile, facts.get("role")), members=members,
+        namespace=Path(fusion.get("namespace") or DEFAULT_NAMESPACE), port=int(fusion.get("port") or DEFAULT_9P_PORT),
+        seeds=[str(s) for s in fusion.get("seeds") or []], lan=facts.get("address"))
