@@ -20,7 +20,21 @@ from typing import Any
 from builder.cache import StageCache
 from builder.plan import Plan, Stage, image_is_current, make_plan, onhost_version
 from builder.report import Reporter
-from builder.secrets import ensure_host_secrets, host_secret_files, installer_identity, secrets_digest
+from builder.secrets import (
+    IDENTITY_IN_ROOT,
+    STICK_HOSTS,
+    ca_dir_for,
+    ensure_host_identity,
+    ensure_host_secrets,
+    host_secret_files,
+    identity_dir,
+    identity_files,
+    image_host_names,
+    installer_identity,
+    register_bytes,
+    secret_owners,
+    secrets_digest,
+)
 from builder.stages import esp as esp_stage
 from builder.stages import ext4edit
 from builder.stages import image as image_stage
@@ -80,7 +94,7 @@ def diff_inputs(old: Any, new: Any, path: str = "", depth: int = 0) -> list[str]
 
 class Builder:
     def __init__(self, profile: Any, *, out_dir: Path, cache: StageCache, reporter: Reporter,
-                 images: list[str] | None = None) -> None:
+                 images: list[str] | None = None, ca_dir: Path | None = None) -> None:
         self.profile = profile
         self.data: dict[str, Any] = profile.data
         self.out_dir = out_dir
@@ -91,15 +105,16 @@ class Builder:
         self.logs = self.cluster_dir / "logs"
         self.version = onhost_version()
         self.results: dict[str, Result] = {}
+        self.ca_dir = ca_dir_for(profile.name, ca_dir)
 
     # -- plan --------------------------------------------------------------------------
     def plan(self) -> Plan:
-        hosts = sorted({h for img in self.data.get("images", {}).values()
-                        for h in (img.get("hosts") or [img.get("host")]) if h})
-        hosts += [installer_identity(n) for n, img in self.data.get("images", {}).items()
-                  if img["type"] == "usb-installer"]
+        hosts = secret_owners(self.data)
         for h in hosts:
             ensure_host_secrets(self.out_dir, self.profile.name, h)
+        # The agent's identity, per host (a stick's own system has none: its agent stays idle).
+        for h in image_host_names(self.data):
+            ensure_host_identity(self.out_dir, self.profile.name, h, self.ca_dir)
         plan = make_plan(self.profile, out_dir=self.out_dir, only=self.only,
                          secrets_digest=secrets_digest(self.out_dir, self.profile.name, hosts))
         return plan
@@ -288,9 +303,46 @@ class Builder:
                 puts.append(ext4edit.Put(base, "dir", 0o700))
             for src, name, mode in host_secret_files(self.out_dir, self.profile.name, h):
                 puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))
+        puts += self._identity_puts(stage, work)
         ext4edit.place(img, offset, puts, log)
 
+    def _identity_puts(self, stage: Stage, work: Path) -> list[ext4edit.Put]:
+        """A disk/cloud image: its host's identity at /etc/clusterctl/identity/. A stick: each
+        host's at /var/lib/clusterctl/hosts/<host>/identity/ for first boot to copy. Both with
+        the register of the profile's hosts (public, 0644) beside it."""
+        register = work / "hosts.json"
+        if not register.exists():
+            register.write_bytes(register_bytes(self.out_dir, self.profile.name, secret_owners(self.data)))
+            register.chmod(0o644)
+        folders = ([(h, f"{STICK_HOSTS}/{h}/identity") for h in stage.params["hosts"]] if stage.params["installer"]
+                   else [(h, IDENTITY_IN_ROOT) for h in stage.params["hosts"]])
+        puts: list[ext4edit.Put] = []
+        for h, base in folders:
+            puts.append(ext4edit.Put(base, "dir", 0o700))
+            for src, name, mode in identity_files(self.out_dir, self.profile.name, h):
+                puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))
+            puts.append(ext4edit.Put(f"{base}/hosts.json", "file", 0o644, src=register))
+        return puts
+
     # -- manifest ----------------------------------------------------------------------------
+    def _identity_facts(self) -> dict[str, Any]:
+        """Public facts only: the CA's fingerprint and, per host, its mesh address and the
+        digest of its public identity (what the image stage key saw)."""
+        from cryptography import x509
+
+        from agent import identity as ident
+
+        hosts: dict[str, Any] = {}
+        ca_fp = None
+        for h in image_host_names(self.data):
+            folder = identity_dir(self.out_dir, self.profile.name, h)
+            mesh = json.loads((folder / ident.MESH).read_text())
+            hosts[h] = {"address": mesh["address"], "wg_public": mesh["wg_public"],
+                        "public_digest": ident.public_digest(folder)}
+            ca_fp = ca_fp or ident.fingerprint(x509.load_pem_x509_certificate(
+                (folder / ident.CA_CERT).read_bytes())).hex()
+        return {"ca_sha256": ca_fp, "hosts": hosts}
+
     def _manifest(self, plan: Plan) -> Path:
         images: dict[str, Any] = {}
         for name, info in plan.images.items():
@@ -317,7 +369,7 @@ class Builder:
                     part["sha256"] = self.results[stage_name].record.get("sha256")
                     part["stage_key"] = self.results[stage_name].stage.key
         manifest = {"cluster": plan.cluster, "profile": plan.profile_path, "clusterctl_version": self.version,
-                    "onhost_version": self.version, "images": images,
+                    "onhost_version": self.version, "images": images, "identity": self._identity_facts(),
                     "stages": {s.name: s.key for s in plan.ordered()}}
         path = self.cluster_dir / "manifest.json"
         tmp = path.with_name(".manifest.json.partial")

@@ -309,6 +309,8 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),
             "secrets": {h: secrets_digest.get(h, "to generate")
                         for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
+            # Every image carries the cluster's register (hosts.json: public mesh facts of all hosts).
+            "register": secrets_digest.get("hosts.json", "to generate"),
         }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays],
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))
         images[img_name] = {"type": image["type"], "hosts": hosts, "oses": [e["os"] for e in boot_entries],
@@ -339,11 +341,9 @@ def describe_plan(profile: Any, cache_dir: str | os.PathLike[str] | None = None,
                   out_dir: Path | str = "images") -> list[dict[str, Any]]:
     """The stages as rows for ``clusterctl plan``: name, kind, key, deps, and whether cached."""
     from builder.cache import StageCache
-    from builder.secrets import secrets_digest
+    from builder.secrets import secret_owners, secrets_digest
 
-    names = list(profile.data["hosts"]) + [f"{n}.installer" for n, i in profile.data.get("images", {}).items()
-                                           if i["type"] == "usb-installer"]
-    digest = secrets_digest(Path(out_dir), profile.name, names)
+    digest = secrets_digest(Path(out_dir), profile.name, secret_owners(profile.data))
     plan = make_plan(profile, out_dir=out_dir, secrets_digest=digest)
     cache = StageCache(Path(cache_dir) if cache_dir else None)
     try:

@@ -54,6 +54,7 @@ FIRSTBOOT_LINK = "/etc/systemd/system/multi-user.target.wants/clusterctl-firstbo
 INSTALLED_FILE = "/etc/clusterctl/installed.json"
 HOST_LAYERS = "/usr/lib/clusterctl/hosts"
 HOST_SECRETS = "/var/lib/clusterctl/hosts"
+IDENTITY_DIR = "/etc/clusterctl/identity"
 
 
 @dataclass
@@ -207,6 +208,20 @@ def _rename_host(text: str, old: str | None, new: str) -> str:
     return re.sub(rf"(?<![\w.-]){re.escape(old)}(?![\w-])", new, text)
 
 
+def scrub_files(fs: Ext4, top: str) -> None:
+    """Zero the data blocks of every file under ``top``: removing a file frees its blocks but
+    leaves the bytes, and the other hosts' private keys must not stay readable on this disk."""
+    files = [f"{top}/{rel}" for rel, e in fs.walk(top) if not e.is_dir] if fs.listdir(top) is not None else []
+    if not files:
+        return
+    # debugfs echoes each command read with -f ("debugfs: blocks ..."); a file's block list follows.
+    out = fs.debugfs([f'blocks "{f}"' for f in files]).split("debugfs: ")[1:]
+    counts = [len(reply.partition("\n")[2].split()) for reply in out]
+    if len(counts) != len(files):
+        raise InstallError("identity", f"debugfs listed the blocks of {len(counts)} of {len(files)} secret files")
+    fs.debugfs([f'zap_block -f "{f}" {i}' for f, n in zip(files, counts, strict=True) for i in range(n)], write=True)
+
+
 def write_identity(req: Request, os_name: str, dst: Part, disk_name: str, stage: str) -> None:
     fs = Ext4(req.target, dst.start, stage)
     installer_name = (fs.read("/etc/hostname") or b"").decode().strip() or None
@@ -224,6 +239,11 @@ def write_identity(req: Request, os_name: str, dst: Part, disk_name: str, stage:
         if not e.is_dir:
             data = fs.read(f"{HOST_SECRETS}/{req.host}/ssh/{e.name}") or b""
             files.append((f"/etc/ssh/{e.name}", data, 0o644 if e.name.endswith(".pub") else 0o600, 0, 0))
+    # The agent's cluster identity (docs/identity.md): keys keep their 0600 from the stick.
+    ident_files = [e for e in fs.listdir(f"{HOST_SECRETS}/{req.host}/identity") or [] if not e.is_dir]
+    for e in ident_files:
+        data = fs.read(f"{HOST_SECRETS}/{req.host}/identity/{e.name}") or b""
+        files.append((f"{IDENTITY_DIR}/{e.name}", data, e.mode & 0o7777, 0, 0))
     installed = {"host": req.host, "role": req.role, "os": os_name, "disk": disk_name,
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     files += [
@@ -236,8 +256,11 @@ def write_identity(req: Request, os_name: str, dst: Part, disk_name: str, stage:
         ("/etc/machine-id", b"", 0o444, 0, 0),
     ]
     fs.write_files(files)
+    if ident_files:
+        fs.debugfs([f"sif {IDENTITY_DIR} mode 040700"], write=True)  # the host's private keys live in it
     # Every host's files and secrets travel on the stick; only this host's stay, in place.
     fs.remove_tree(HOST_LAYERS)
+    scrub_files(fs, HOST_SECRETS)
     fs.remove_tree(HOST_SECRETS)
     fs.remove([FIRSTBOOT_LINK, "/var/lib/dbus/machine-id", "/var/lib/systemd/random-seed",
                "/var/lib/systemd/credential.secret"])

@@ -18,6 +18,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from builder.commands.profile_cmds import load_or_report
     from builder.plan import PlanError
     from builder.report import JsonReporter, QuietReporter, Reporter, RichReporter
+    from builder.secrets import IdentityRefused
     from builder.stages.image import ImageTooSmall
     from builder.stages.overlay import OverlayError
 
@@ -28,9 +29,10 @@ def cmd_build(args: argparse.Namespace) -> int:
                           else RichReporter(explain=args.explain))
     cache = StageCache(Path(args.cache_dir) if args.cache_dir else None)
     try:
-        builder = Builder(loaded, out_dir=Path(args.out), cache=cache, reporter=reporter, images=args.image)
+        builder = Builder(loaded, out_dir=Path(args.out), cache=cache, reporter=reporter, images=args.image,
+                          ca_dir=Path(args.ca_dir) if args.ca_dir else None)
         outcome = builder.run()
-    except (PlanError, ImageTooSmall, OverlayError) as err:
+    except (PlanError, ImageTooSmall, OverlayError, IdentityRefused) as err:
         reporter.close()
         print(f"clusterctl: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -81,6 +83,9 @@ def register(sub: Any) -> None:
     p.add_argument("--image", action="append", metavar="NAME", help="build only this image (repeatable)")
     p.add_argument("--out", default="images", help="output folder (default: images)")
     p.add_argument("--cache-dir", default=None, help="the stage cache (default ~/.cache/clusterctl)")
+    p.add_argument("--ca-dir", default=None, metavar="DIR",
+                   help="the cluster CA that issues host identities (default $CLUSTERCTL_CA_DIR, else "
+                        "~/.config/clusterctl/<cluster>/ca; made on first use)")
     p.add_argument("--explain", action="store_true", help="say why each stage is built or reused")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout, one per stage event")
