@@ -31,7 +31,7 @@ from agent.ninep.localfs import Export
 log = logging.getLogger("agent.mesh.daemon")
 
 SEED_PERIOD = 30.0
-MDNS_RETRY = 10.0
+MDNS_RETRY = 3.0
 
 
 def exports_of(cfg: AgentConfig) -> list[Export]:

@@ -184,22 +184,22 @@ def seed_targets(seed: Seed, cfg: AgentConfig,
 
 # -- LAN address ----------------------------------------------------------------------------
 def lan_address(preferred: str | None, exclude: tuple[str, ...] = ("lo", "wg0")) -> str | None:
-    """This host's LAN IPv4 address: the profile's, else the first global one on an interface
-    that is not loopback or the mesh."""
-    if preferred:
-        return preferred
+    """This host's LAN IPv4 address once an interface has it: the profile's, else the first
+    global one on an interface that is not loopback or the mesh. None while there is none."""
+    found: list[str] = []
     try:
         out = subprocess.run(["ip", "-j", "-4", "address", "show"], capture_output=True, text=True,
                              timeout=5, check=True).stdout
         for link in json.loads(out):
             if link.get("ifname") in exclude:
                 continue
-            for a in link.get("addr_info", []):
-                if a.get("scope") == "global" and a.get("local"):
-                    return str(a["local"])
+            found += [str(a["local"]) for a in link.get("addr_info", [])
+                      if a.get("scope") == "global" and a.get("local")]
     except (OSError, subprocess.SubprocessError, ValueError):
-        pass
-    return None
+        return None
+    if preferred:
+        return preferred if preferred in found else None
+    return found[0] if found else None
 
 
 # -- mDNS -----------------------------------------------------------------------------------
@@ -218,10 +218,10 @@ class Mdns:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
+        from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
 
         # IPv4 only: the LAN; the mesh (wg0) carries no multicast.
-        self.zc = Zeroconf(interfaces=self.interfaces or InterfaceChoice.All, ip_version=IPVersion.V4Only)
+        self.zc = Zeroconf(interfaces=self.interfaces or [self.advert.lan], ip_version=IPVersion.V4Only)
         ad = self.advert
         server = f"{ad.host}-{ad.cluster.replace('.', '-')}.local."
         self.info = ServiceInfo(SERVICE, instance_name(ad.host, ad.cluster), port=ad.wg_port,
