@@ -107,10 +107,13 @@ class PeerSupervisor:
         """One round: connect, mount, watch. Returns the state it ended in."""
         loop = asyncio.get_running_loop()
         self._pick_endpoint()
+        sock: socket.socket | None = None
         try:
             sock = await loop.run_in_executor(None, self._connect)
             side = await loop.run_in_executor(None, self._connect)
         except HandshakeError as exc:
+            if sock is not None:
+                sock.close()
             if identity_failure(exc):
                 reason = str(exc)
                 if self.state != "refused" or self.refusal != reason:
@@ -119,6 +122,8 @@ class PeerSupervisor:
                 return "refused"
             return None
         except OSError:
+            if sock is not None:
+                sock.close()
             return None
         try:
             self.prober = await Prober.open(side, self.interval, self.misses)
