@@ -125,6 +125,17 @@ def test_seed_targets(etcs: dict[str, Path]) -> None:
     assert discovery.resolve("no-such-host.invalid") == []
 
 
+def test_lan_address_choice() -> None:
+    found = [("eth0", "10.44.0.14"), ("eth1", "10.44.0.14"), ("eth2", "192.168.1.5")]
+    assert discovery.lan_address("10.44.0.14", found) == "10.44.0.14"
+    assert discovery.lan_address("10.44.0.99", found) is None  # not configured yet: wait
+    assert discovery.lan_address(None, found) == "10.44.0.14"
+    assert discovery.lan_address(None, []) is None
+    assert discovery.shared_address("10.44.0.14", found) == ["eth0", "eth1"]
+    assert discovery.shared_address("192.168.1.5", found) == []
+    assert all(i not in ("lo", "wg0") for i, _a in discovery.ipv4_addresses())
+
+
 # -- WireGuard, mounts ------------------------------------------------------------------------
 def test_wg_dump_parser() -> None:
     # `wg show wg0 dump`: interface line, then per peer: public, psk, endpoint, allowed ips,

@@ -121,8 +121,15 @@ class Agent:
 
     async def mdns_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        warned = False
         while True:
-            lan = await loop.run_in_executor(None, discovery.lan_address, self.cfg.lan)
+            found = await loop.run_in_executor(None, discovery.ipv4_addresses)
+            lan = discovery.lan_address(self.cfg.lan, found)
+            if lan is not None and not warned and discovery.shared_address(lan, found):
+                warned = True
+                events.emit("error", stage="network", host=self.cfg.host,
+                            message=f"the LAN address {lan} is on {', '.join(discovery.shared_address(lan, found))}: "
+                                    "replies may leave through the wrong interface")
             if lan is not None:
                 ad = discovery.Advert(self.cfg.host, self.cfg.cluster, lan, self.cfg.wg_port,
                                       self.cfg.identity.wg_public, self.cfg.port)

@@ -183,23 +183,36 @@ def seed_targets(seed: Seed, cfg: AgentConfig,
 
 
 # -- LAN address ----------------------------------------------------------------------------
-def lan_address(preferred: str | None, exclude: tuple[str, ...] = ("lo", "wg0")) -> str | None:
-    """This host's LAN IPv4 address once an interface has it: the profile's, else the first
-    global one on an interface that is not loopback or the mesh. None while there is none."""
-    found: list[str] = []
+def ipv4_addresses(exclude: tuple[str, ...] = ("lo", "wg0")) -> list[tuple[str, str]]:
+    """(interface, address) of every global IPv4 address, loopback and the mesh left out."""
+    out: list[tuple[str, str]] = []
     try:
-        out = subprocess.run(["ip", "-j", "-4", "address", "show"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout
-        for link in json.loads(out):
+        text = subprocess.run(["ip", "-j", "-4", "address", "show"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout
+        for link in json.loads(text):
             if link.get("ifname") in exclude:
                 continue
-            found += [str(a["local"]) for a in link.get("addr_info", [])
-                      if a.get("scope") == "global" and a.get("local")]
+            out += [(str(link.get("ifname")), str(a["local"])) for a in link.get("addr_info", [])
+                    if a.get("scope") == "global" and a.get("local")]
     except (OSError, subprocess.SubprocessError, ValueError):
-        return None
+        pass
+    return out
+
+
+def lan_address(preferred: str | None, found: list[tuple[str, str]] | None = None) -> str | None:
+    """This host's LAN IPv4 address once an interface has it: the profile's, else the first
+    global one on an interface that is not loopback or the mesh. None while there is none."""
+    addresses = [a for _i, a in (ipv4_addresses() if found is None else found)]
     if preferred:
-        return preferred if preferred in found else None
-    return found[0] if found else None
+        return preferred if preferred in addresses else None
+    return addresses[0] if addresses else None
+
+
+def shared_address(address: str, found: list[tuple[str, str]]) -> list[str]:
+    """Interfaces holding ``address`` when more than one does (a .network matching every NIC):
+    replies may then leave through a NIC that has no cable."""
+    names = sorted({i for i, a in found if a == address})
+    return names if len(names) > 1 else []
 
 
 # -- mDNS -----------------------------------------------------------------------------------
