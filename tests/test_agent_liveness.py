@@ -130,3 +130,18 @@ def test_other_ca_and_wrong_name_are_identity_failures(ids: dict[str, idm.HostId
     assert "not from this cluster's CA" in str(stranger) and identity_failure(stranger)
     assert "is 'a', not 'b'" in str(wrong_name) and identity_failure(wrong_name)
     assert not identity_failure(HandshakeError("the server closed the connection during the handshake"))
+
+
+def test_hung_up_sees_a_closed_peer_without_reading() -> None:
+    import socket
+
+    from agent.mesh.liveness import hung_up
+
+    a, b = socket.socketpair()
+    b.sendall(b"unread bytes stay unread")
+    assert hung_up(a) is None  # data waiting is not a hang-up
+    b.close()
+    assert hung_up(a) == "the mount's connection was closed by the peer"
+    assert a.recv(100) == b"unread bytes stay unread"
+    a.close()
+    assert hung_up(a) == "the mount's connection is closed"

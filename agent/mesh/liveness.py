@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.ninep import proto
@@ -86,10 +88,14 @@ class Prober:
         self.counter.record(True, time.monotonic() - start)
         return True
 
-    async def watch(self) -> str:
-        """Probe until the peer is gone; returns why."""
+    async def watch(self, also_gone: Callable[[], str | None] | None = None) -> str:
+        """Probe until the peer is gone; returns why. ``also_gone`` is asked after every probe
+        (the mount's own connection closing also ends it)."""
         while True:
             start = time.monotonic()
+            why = also_gone() if also_gone is not None else None
+            if why:
+                return why
             try:
                 await self.probe()
             except (ConnectionError, OSError) as exc:
@@ -104,3 +110,17 @@ class Prober:
         if self.client.transport is not None:
             with contextlib.suppress(Exception):
                 self.client.transport.abort()
+
+
+def hung_up(sock: socket.socket) -> str | None:
+    """Has the other end of ``sock`` closed or reset it? Asked without reading (the kernel's
+    9p client owns the byte stream of a mounted socket)."""
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    except (OSError, ValueError):
+        return "the mount's connection is closed"
+    for _fd, ev in poller.poll(0):
+        if ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+            return "the mount's connection was closed by the peer"
+    return None

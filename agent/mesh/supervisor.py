@@ -24,7 +24,7 @@ from typing import Any
 from agent.auth import HandshakeError
 from agent.identity import HostIdentity
 from agent.mesh.config import Member
-from agent.mesh.liveness import INTERVAL, MISSES, Prober
+from agent.mesh.liveness import INTERVAL, MISSES, Prober, hung_up
 from agent.mesh.mounts import FuseMount, KernelMount, Mounted, MountError
 from agent.mesh.wireguard import MeshError, WireGuard, format_endpoint
 from agent.peer import connect_authenticated
@@ -141,7 +141,9 @@ class PeerSupervisor:
         self.state, self.refusal = "mounted", None
         self.report(self.member.name, "mounted", path=str(self.path), backend=self.backend.name,
                     endpoint=self.endpoint)
-        reason = await self.prober.watch()
+        mounted = self.mounted
+        assert mounted is not None
+        reason = await self.prober.watch(lambda: hung_up(mounted.sock))
         await self.take_down()
         self.state = "lost"
         self.report(self.member.name, "lost", path=str(self.path), reason=reason)
