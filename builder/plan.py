@@ -260,9 +260,9 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                 "host_layers": {h: [[label, tree_hash(Path(p))] for label, p in ls] for h, ls in host_layers.items()},
                 "onhost_code": code_hash, "clusterctl": __version__,
             }
-            if installer:
-                # First boot matches the machine against the whole profile, so all of it is input.
-                ov_inputs["profile"] = data
+            # First boot matches the machine against the whole profile, and the agent reads every
+            # host's exports and addresses from it: all of it is input (etc/clusterctl/profile.json).
+            ov_inputs["profile"] = data
             part_uuid = partuuid(cname, img_name, os_name)
             overlay = add(Stage("overlay", f"overlay:{img_name}/{os_name}", ov_inputs, deps=[rootfs.name],
                                 params={"root_layers": root_layers, "host_layers": host_layers,

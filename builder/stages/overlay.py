@@ -183,9 +183,10 @@ def build_overlay(data: dict[str, Any], params: dict[str, Any], accounts_files: 
     for name, src in onhost.items():
         add_tree(src, f"usr/lib/clusterctl/{name}", entries)
     entries["usr/lib/clusterctl/VERSION"] = Entry("file", data=(version + "\n").encode())
-    if params["installer"]:
-        entries["etc/clusterctl/profile.json"] = Entry(
-            "file", data=json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o640)
+    # First boot matches against the whole profile; the agent reads exports, addresses and
+    # fusion settings of every host from it.
+    entries["etc/clusterctl/profile.json"] = Entry(
+        "file", data=json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o640)
     files, accounts = add_users(accounts_files, data["cluster"].get("users") or [])
     for path, text in files.items():
         shadowish = path in ("etc/shadow", "etc/gshadow")

@@ -1,0 +1,262 @@
+"""A lab of vesa-wall hosts in QEMU for the mesh test and bench: the profile copy, its build,
+the guests on one virtual LAN, and a shell on each guest's serial console.
+
+The profile copy (profiles/vesa-wall.yaml, changed only where a lab needs it):
+- one disk image per host (``type: disk``), booted as the board's first internal disk;
+- no rescue OS (it would be one more initramfs per image, and the lab never boots it);
+- the roles' packages join the OS's, so every image shares one root (and the stick's root
+  of tests/test_build_image.py, when the caches are shared);
+- a lab overlay on every host: root logs in on the serial console, ``t`` runs a command and
+  prints its result as one ``CLUSTERCTL {"event": "t", ...}`` line, kernel messages stay off
+  the console (they would cut those lines);
+- on vault, the storage role's drive: the first 4 TB disk is formatted when blank and mounted
+  at /srv/drive before the agent starts (it exports the folder it finds at start); and its LAN
+  address on its first port only (the base overlay's network file gives the host's address to
+  every Ethernet port, and the box's second port has no cable here).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardware.board import load_board
+from hardware.lan import Lan
+from hardware.qemu import Machine, MachineError
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "vesa-wall.yaml"
+LAB_HOSTS = ("wall-1", "wall-2", "vault")
+FOREIGN_HOST = "wall-3"  # built with another cluster's CA
+BOARDS = {"wall-1": "vesa-mini-pc", "wall-2": "vesa-mini-pc", "wall-3": "vesa-mini-pc", "vault": "storage-box"}
+DRIVE_SERIAL = "ZDH10001"  # the storage box's first 4 TB disk (hardware/boards/storage-box.yaml)
+
+# Runs a shell command; prints its status, output (bounded) and duration as one event line.
+T_SCRIPT = r'''#!/usr/bin/python3
+import json, subprocess, sys, time
+tag, cmd = sys.argv[1], sys.argv[2]
+t0 = time.monotonic()
+try:
+    p = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 120)
+    rc, out, err = p.returncode, p.stdout, p.stderr
+except subprocess.TimeoutExpired as e:
+    rc, out, err = -1, e.stdout or b"", (e.stderr or b"") + b"timeout"
+ev = {"event": "t", "id": tag, "rc": rc, "seconds": round(time.monotonic() - t0, 3),
+      "out": out.decode("utf-8", "replace")[-6000:], "err": err.decode("utf-8", "replace")[-2000:]}
+sys.stdout.write("\nCLUSTERCTL " + json.dumps(ev) + "\n")
+sys.stdout.flush()
+'''
+
+# Bench tools (bench/mesh_bench.py). tcpbench: bytes over one TCP connection, the floor any
+# file protocol sits on. fdmount: the kernel's 9p client on a plain TCP socket handed over as
+# trans=fd, exactly as the agent hands over its authenticated one (v9fs's own trans=tcp is
+# IPv4 only, and the mesh is IPv6).
+TCPBENCH = r'''#!/usr/bin/python3
+import os, socket, sys, time
+BUF = 1 << 20
+def serve(port):
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("::", port)); srv.listen(4)
+    while True:
+        c, _ = srv.accept()
+        with c:
+            head = c.recv(9, socket.MSG_WAITALL)
+            n = int.from_bytes(head[1:], "big")
+            if head[:1] == b"w":
+                left = n
+                while left:
+                    got = c.recv_into(memoryview(bytearray(min(BUF, left))))
+                    if not got: break
+                    left -= got
+                c.sendall(b"k")
+            else:
+                block = bytes(BUF)
+                left = n
+                while left:
+                    c.sendall(block[:min(BUF, left)]); left -= min(BUF, left)
+def client(mode, host, port, mb):
+    n = mb << 20
+    c = socket.create_connection((host, port))
+    t0 = time.monotonic()
+    c.sendall(mode.encode() + n.to_bytes(8, "big"))
+    if mode == "w":
+        block = bytes(BUF); left = n
+        while left:
+            c.sendall(block[:min(BUF, left)]); left -= min(BUF, left)
+        c.recv(1)
+    else:
+        buf = bytearray(BUF); left = n
+        while left:
+            got = c.recv_into(buf, min(BUF, left))
+            if not got: raise SystemExit("short read")
+            left -= got
+    print(f"{time.monotonic() - t0:.4f}")
+if sys.argv[1] == "serve": serve(int(sys.argv[2]))
+else: client(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+'''
+
+FDMOUNT = r'''#!/usr/bin/python3
+import socket, subprocess, sys
+host, port, aname, msize, where = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+s = socket.create_connection((host, port))
+fd = s.fileno()
+opts = f"trans=fd,rfdno={fd},wfdno={fd},version=9p2000.L,msize={msize},aname={aname},nosuid,nodev"
+sys.exit(subprocess.run(["mount", "-t", "9p", "-o", opts, "none", where], pass_fds=[fd]).returncode)
+'''
+
+AUTOLOGIN = """[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 %I $TERM
+"""
+
+QUIET = "kernel.printk = 1 4 1 7\n"
+
+DRIVE_UNIT = f"""[Unit]
+Description=Lab: the storage role's drive at /srv/drive (first data disk, formatted when blank)
+DefaultDependencies=no
+After=systemd-udev-settle.service local-fs.target
+Wants=systemd-udev-settle.service
+Before=clusterctl-agent.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -ec 'for i in $(seq 60); do d=$(ls /dev/disk/by-id/ata-*_{DRIVE_SERIAL} 2>/dev/null | head -n1); \
+[ -n "$d" ] && break; sleep 1; done; blkid "$d" >/dev/null || mkfs.ext4 -q -L drive -m 0 \
+-E lazy_itable_init=1,lazy_journal_init=1,nodiscard "$d"; mkdir -p /srv/drive; mount -o noinit_itable "$d" /srv/drive'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+FIRST_PORT = f"""# Lab: the cluster LAN on the storage box's first port only.
+[Match]
+MACAddress={load_board("storage-box").nics[0].mac}
+
+[Network]
+Address={{{{ host.address }}}}/{{{{ lan_prefix }}}}
+LinkLocalAddressing=ipv6
+"""
+
+
+def _write_tree(root: Path, files: dict[str, str], meta: dict[str, Any]) -> Path:
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    (root / "overlay.yaml").write_text(yaml.safe_dump(meta))
+    return root
+
+
+def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> Path:
+    """The lab's copy of vesa-wall in ``dest``; returns its path. With ``foreign``, the same
+    cluster and hosts with one more image, of wall-3: built with another CA, it is a machine
+    whose identity looks valid (name, cluster, mesh prefix) but that no member trusts. With
+    ``bench``, diod joins the roles' packages and the bench tools the lab overlay."""
+    dest.mkdir(parents=True, exist_ok=True)
+    lab = _write_tree(dest / "overlay-lab", {
+        "usr/local/bin/t": T_SCRIPT,
+        "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf": AUTOLOGIN,
+        "etc/sysctl.d/90-lab-quiet.conf": QUIET,
+        **({"usr/local/bin/tcpbench": TCPBENCH, "usr/local/bin/fdmount": FDMOUNT} if bench else {}),
+    }, {"modes": {f"usr/local/bin/{n}": {"mode": "0755"} for n in ("t", *(("tcpbench", "fdmount") if bench else ()))}})
+    drive = _write_tree(dest / "overlay-drive", {"etc/systemd/system/lab-drive.service": DRIVE_UNIT,
+                                                 "etc/systemd/network/50-clusterctl-lan.network.j2": FIRST_PORT}, {
+        "links": {"etc/systemd/system/multi-user.target.wants/lab-drive.service":
+                  "/etc/systemd/system/lab-drive.service"}})
+    data = yaml.safe_load(PROFILE.read_text())
+    data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
+    pkgs = set(data["oses"]["stable"].get("packages") or [])
+    for role in data["roles"].values():
+        role["os"] = ["stable"]
+        pkgs |= set(role.pop("packages", None) or [])
+        if bench:
+            pkgs.add("diod")
+    data["oses"] = {"stable": {**data["oses"]["stable"], "packages": sorted(pkgs), "overlays": [str(lab)]}}
+    data["hosts"]["vault"]["overlays"] = [str(drive)]
+    hosts = (*LAB_HOSTS, FOREIGN_HOST) if foreign else LAB_HOSTS
+    data["images"] = {h: {"type": "disk", "host": h, "size": "4GiB"} for h in hosts}
+    path = dest / ("vesa-wall-foreign.yaml" if foreign else "vesa-wall-lab.yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def build(profile: Path, out: Path, cache: Path, ca_dir: Path, images: list[str], timeout: float = 1500) -> Path:
+    """``clusterctl build`` of some images of the lab profile; returns the cluster's output folder."""
+    argv = [sys.executable, "-m", "builder", "build", str(profile), "--out", str(out), "--cache-dir", str(cache),
+            "--ca-dir", str(ca_dir), "-q", *itertools.chain.from_iterable(("--image", i) for i in images)]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"build failed ({r.returncode}): {r.stderr[-4000:]}")
+    return out / "vesawall"
+
+
+def host_facts(profile: Path) -> dict[str, dict[str, Any]]:
+    """Resolved host entries (MAC pins, LAN addresses) of the lab profile."""
+    from builder.profile import load_profile
+
+    return load_profile(profile).data["hosts"]  # type: ignore[no-any-return]
+
+
+def make_machine(host: str, images: Path, workdir: Path, lan: Lan, facts: dict[str, dict[str, Any]]) -> Machine:
+    board = load_board(BOARDS[host])
+    mac = (facts[host].get("pin") or {}).get("mac")
+    if isinstance(mac, list):  # a pin may list several MACs; the first is the board's first NIC
+        mac = mac[0] if mac else None
+    macs = [mac, *[n.mac for n in board.nics[1:]]] if mac else None
+    lans: list[Lan | None] = [lan, *([None] * (len(board.nics) - 1))]
+    return Machine(board, workdir / host, boot_image=images / f"{host}.img", as_usb=False, macs=macs, lan=lans,
+                   name=host)
+
+
+class Shell:
+    """Commands typed on a guest's serial console (root is logged in there), results read back
+    as ``t`` events."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, machine: Machine) -> None:
+        self.m = machine
+
+    def wait_prompt(self, timeout: float = 120) -> None:
+        # The autologin shell: poke it until a command answers.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.run("true", timeout=10)
+                return
+            except MachineError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def run(self, cmd: str, timeout: float = 60, limit: float | None = None) -> dict[str, Any]:
+        tag = f"{self.m.name}-{next(self._ids)}"
+        inner = limit if limit is not None else max(timeout - 5, 5)
+        self.m.send_serial(f"t {tag} {shlex.quote(cmd)} {inner}\n")
+        return self.m.wait_for({"event": "t", "id": tag}, timeout=timeout)
+
+    def ok(self, cmd: str, timeout: float = 60) -> str:
+        r = self.run(cmd, timeout)
+        if r["rc"] != 0:
+            raise AssertionError(f"{self.m.name}: `{cmd}` failed ({r['rc']}): {r['err'] or r['out']}")
+        return str(r["out"])
+
+    def json(self, cmd: str, timeout: float = 60) -> Any:
+        return json.loads(self.ok(cmd, timeout))
+
+
+def cache_dir(tmp: Path) -> Path:
+    env = os.environ.get("CLUSTERCTL_TEST_CACHE")
+    return Path(env) if env else tmp / "cache"
