@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from agent.firstboot.bootmenu import BootEntry, menus
 from builder.tools import LineSink, ToolRunner
 
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -36,27 +37,14 @@ def boot_files_digest() -> dict[str, str]:
 
 
 def loader_files(entries: list[dict[str, Any]], default: str, timeout_s: int) -> dict[str, str]:
-    """Text files of both menus: systemd-boot's loader.conf and entries, syslinux.cfg."""
-    files: dict[str, str] = {}
-    ids = {e["os"]: f"{10 * (i + 1):02d}-{e['os']}" for i, e in enumerate(entries)}
-    files["loader/loader.conf"] = (
-        f"default {ids[default]}.conf\ntimeout {timeout_s}\neditor no\nconsole-mode keep\n")
-    for i, e in enumerate(entries):
-        files[f"loader/entries/{ids[e['os']]}.conf"] = (
-            f"title {e['title']}\nsort-key {10 * (i + 1):02d}\n"
-            f"linux /{e['os']}/vmlinuz\ninitrd /{e['os']}/initrd.img\noptions {e['cmdline']}\n")
-    # Legacy BIOS: a plain prompt works on a serial line and a screen alike; type a name or
-    # wait for the default.
-    menu = ["Boot menu (type a name and Enter; the first is the default):"]
-    menu += [f"  {e['os']:<12} {e['title']}" for e in entries]
-    files["syslinux/boot.txt"] = "\n".join(menu) + "\n"
-    cfg = ["SERIAL 0 115200", "CONSOLE 1", "PROMPT 1", f"TIMEOUT {timeout_s * 10}", "DISPLAY boot.txt",
-           f"DEFAULT {default}", ""]
-    for e in entries:
-        cfg += [f"LABEL {e['os']}", f"  KERNEL /{e['os']}/vmlinuz", f"  INITRD /{e['os']}/initrd.img",
-                f"  APPEND {e['cmdline']}", ""]
-    files["syslinux/syslinux.cfg"] = "\n".join(cfg)
-    return files
+    """Text files of both menus: systemd-boot's loader.conf and entries, syslinux.cfg.
+
+    The same writer as first boot's (agent.firstboot.bootmenu), so the installed disk's menus keep
+    the stick's shape; the default is the first entry."""
+    if entries[0]["os"] != default:
+        raise ValueError(f"the default OS {default!r} must be the first boot entry")
+    return menus([BootEntry(os=e["os"], title=e["title"], linux=f"/{e['os']}/vmlinuz", initrd=f"/{e['os']}/initrd.img",
+                            options=e["cmdline"]) for e in entries], timeout_s)  # fmt: skip
 
 
 def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Path]], default: str,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.firstboot import gpt
 from builder.bmap import write_bmap
 from builder.sparse import copy_sparse
 from builder.stages.esp import GPTMBR
@@ -54,12 +55,9 @@ def layout(parts: list[dict[str, Any]], files: dict[str, Path], image_size: int)
 
 
 def sfdisk_script(placed: list[PlacedPartition], disk_uuid: str) -> str:
-    lines = ["label: gpt", f"label-id: {disk_uuid}", "unit: sectors", "first-lba: 2048", ""]
-    for p in placed:
-        attrs = ', attrs="LegacyBIOSBootable"' if p.legacy_boot else ""
-        lines.append(f'start={p.start // SECTOR}, size={p.size // SECTOR}, type={p.type}, uuid={p.uuid}, '
-                     f'name="{p.name}"{attrs}')
-    return "\n".join(lines) + "\n"
+    """sfdisk's input for the layout: the same writer as first boot's (agent.firstboot.gpt)."""
+    return gpt.script([gpt.Part(name=p.name, start=p.start, size=p.size, type=p.type, uuid=p.uuid,
+                                legacy_boot=p.legacy_boot) for p in placed], disk_uuid)  # fmt: skip
 
 
 def assemble(placed: list[PlacedPartition], image_size: int, disk_uuid: str, tmp: Path, log: Path,
