@@ -3,26 +3,39 @@
     python bench/boot_bench.py                       # the test kit: firmware × boot medium
     python bench/boot_bench.py --image images/dualnano/stick.img --board nano-itx \\
         --baseline plain-debian.img [--baseline-board nano-itx] [--internal]
+    python bench/boot_bench.py --profile profiles/dual-nano-itx.yaml --host left [--runs 3]
 
 Without ``--image``: the busybox test kit on a UEFI board (nano-itx) and a BIOS board
 (nano-itx-storage), booted by direct kernel load, from a USB stick and from an internal disk;
 seconds to the kit's first event (firmware + loader + kernel) and to ``ready``, and the ratios
 that show what firmware and medium cost. With ``--image``: seconds from power-on to ``ready``
 for a built image against a plain Debian image's ``login:`` prompt, and their ratio.
+
+With ``--profile`` and ``--host``: the host's installed system, as ``clusterctl build`` makes it
+(a copy of the profile with one disk image of that host), booted as its board's internal disk to
+``ready``; the floor is its plain-Debian twin: the same image with every clusterctl unit taken
+out of its roots (same packages, kernel, loader and disk), booted to the serial ``login:``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.firstboot.ext4 import Ext4  # noqa: E402
 from hardware.board import load_board  # noqa: E402
 from hardware.qemu import Machine  # noqa: E402
 from hardware.testkit import TestKit, build_stick, ensure_testkit  # noqa: E402
@@ -85,6 +98,60 @@ def timed(board: str, image: Path, internal: bool, until_event: str | None, unti
         return time.monotonic() - began
 
 
+def build_host_disk(profile: Path, host: str, work: Path, cache: Path | None) -> tuple[Path, str]:
+    """Build one disk image of ``host`` from a copy of the profile: (the image, the host's board)."""
+    data = yaml.safe_load(profile.read_text())
+    data["include"] = [str((profile.parent / i).resolve()) for i in data.get("include") or []]
+    data["images"] = {f"bench-{host}": {"type": "disk", "host": host}}
+    copy = work / profile.name
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = work / "images"
+    argv = [sys.executable, "-m", "builder", "build", str(copy), "--out", str(out), "--quiet",
+            "--ca-dir", str(work / "ca"), *(["--cache-dir", str(cache)] if cache else [])]
+    t0 = time.monotonic()
+    subprocess.run(argv, cwd=ROOT, check=True)
+    print(f"built bench-{host} in {time.monotonic() - t0:.0f} s", flush=True)
+    image = next((out / data["cluster"]["name"]).glob(f"bench-{host}.*img"))
+    return image, str(data["hosts"][host]["board"])
+
+
+def plain_twin(image: Path, dest: Path) -> Path:
+    """A copy of ``image`` whose system roots start no clusterctl unit: the plain-Debian floor."""
+    subprocess.run(["cp", "--sparse=always", str(image), str(dest)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(dest)], check=True, capture_output=True,
+                                      text=True).stdout)["partitiontable"]  # fmt: skip
+    roots = [p for p in table["partitions"] if str(p.get("name", "")).startswith("root-")]
+    if not roots:
+        raise SystemExit(f"{image}: no root-* partition")
+    for part in roots:
+        fs = Ext4(str(dest), part["start"] * table.get("sectorsize", 512), stage="bench")
+        gone = []
+        for folder, entries in ((d, fs.listdir(d)) for d in ("/etc/systemd/system", *(
+                f"/etc/systemd/system/{w}" for w in ("multi-user.target.wants", "sysinit.target.wants",
+                                                      "network-online.target.wants")))):  # fmt: skip
+            gone += [f"{folder}/{e.name}" for e in entries or [] if e.name.startswith("clusterctl-")]
+        fs.remove(gone)
+        print(f"plain twin, {part['name']}: removed {len(gone)} clusterctl unit files and links", flush=True)
+    return dest
+
+
+def bench_host(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="clusterctl-bench-host-"))
+    try:
+        image, board = build_host_disk(args.profile, args.host, work, args.cache_dir)
+        twin = plain_twin(image, work / "plain.img")
+        readies, logins = [], []
+        for _ in range(args.runs):  # interleaved, so a change in the machine's load hits both alike
+            readies.append(timed(board, image, True, "ready", None))
+            logins.append(timed(board, twin, True, None, r"login: ?$"))
+            print(f"  ready {readies[-1]:.1f} s, plain login {logins[-1]:.1f} s", flush=True)
+        ready, login = statistics.median(readies), statistics.median(logins)
+        print(f"{args.host} on {board} (internal disk), median of {args.runs}: power-on to ready {ready:.1f} s; "
+              f"plain Debian twin to login: {login:.1f} s; ratio {ready / login:.2f}× (target < 1.15×)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=1, help="boots per case (the median is shown)")
@@ -93,7 +160,16 @@ def main() -> int:
     p.add_argument("--internal", action="store_true", help="images as internal disks, not USB sticks")
     p.add_argument("--baseline", type=Path, help="a plain Debian image: time power-on to 'login:'")
     p.add_argument("--baseline-board", help="board for the baseline (default: --board)")
+    p.add_argument("--profile", type=Path, help="build this profile's --host as a disk image and time it")
+    p.add_argument("--host", help="with --profile: the host to build and boot")
+    p.add_argument("--cache-dir", type=Path, default=os.environ.get("CLUSTERCTL_CACHE_DIR"),
+                   help="stage cache for --profile builds (default: the builder's)")
     args = p.parse_args()
+    if args.profile:
+        if not args.host:
+            p.error("--profile needs --host")
+        bench_host(args)
+        return 0
     if args.image is None:
         bench_kit(args.runs)
         return 0

@@ -100,6 +100,24 @@ def test_clusterctl_test_passes_when_every_host_matches_installs_and_is_ready(
 
 
 @pytest.mark.slow
+def test_clusterctl_test_fails_a_host_recognised_in_the_wrong_role(
+    testkit: TestKit, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    images = tmp_path / "images"
+    hosts = _profile_hosts()
+    hosts["right"] = (hosts["right"][0], "desktop")  # a stick that takes the storage box for a desktop
+    _stick(testkit, images / "stick.img", hosts)
+    status = main(["test", str(PROFILE), "--images", str(images), "--host", "right", "--timeout", "600"])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    row = next(line for line in out.splitlines() if " right " in line and "nano-itx-storage" in line)
+    assert "FAIL" in row and "ready" not in row
+    assert "matched with role 'desktop' (expected 'storage')" in out
+    assert "CLUSTERCTL" in out  # the console's last lines come with the verdict
+
+
+@pytest.mark.slow
 def test_clusterctl_boot_puts_the_console_on_the_terminal(testkit: TestKit, tmp_path: Path) -> None:
     stick = _stick(testkit, tmp_path / "stick.img", {"right": (SERIALS["nano-itx-storage"], "storage")})
     proc = subprocess.run(
