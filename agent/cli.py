@@ -83,6 +83,17 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--port", type=int, help="the peers' 9P port instead of cluster.fusion.port")
     r.set_defaults(func=_run)
 
+    v = sub.add_parser("volumes", help="find, format when blank, and mount the role's data disks",
+                       description=("Mount each of the role's volumes (roles.ROLE.volumes in the profile) at its "
+                                    "path: the disk that holds it, else the blank disk its selector picks. A disk "
+                                    "holding anything else is left alone unless disk.wipe is true. One 'volume' "
+                                    "event each; exit 1 if any is not mounted."))
+    v.add_argument("--etc", default="/etc/clusterctl", metavar="DIR", help="host.json and profile.json")
+    v.add_argument("--plan", action="store_true", help="say what would be done, change nothing")
+    v.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for a volume's disk to appear (default 30)")
+    v.set_defaults(func=_volumes)
+
     st = sub.add_parser("status", help="the cluster as this host's agent sees it",
                         description="Hosts, roles, online, exports and mount paths, from the agent's table.")
     st.add_argument("--json", action="store_true", help="the table as JSON")
@@ -253,6 +264,31 @@ def _run(args: argparse.Namespace) -> int:
         print(f"clusterctl-agent run: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _volumes(args: argparse.Namespace) -> int:
+    from agent import events, volumes
+    from agent.mesh.config import ConfigError, role_volumes
+    from hardware.detect import collect
+    from hardware.selectors import SelectorError
+
+    try:
+        role, wanted = role_volumes(Path(args.etc))
+    except ConfigError as exc:
+        events.emit("error", stage="volumes", message=str(exc))
+        return _usage(str(exc))
+    if not wanted:
+        print(f"clusterctl-agent volumes: role {role or '(none)'} has no volumes")
+        return 0
+    if args.plan:
+        try:
+            steps = volumes.plan_volumes(wanted, collect(wait_for_udev=True))
+        except SelectorError as exc:
+            return _usage(str(exc))
+        for st in steps:
+            print(f"{st.name}: {st.action} {st.path}: {st.why}")
+        return 0
+    return 0 if volumes.prepare(wanted, lambda: collect(wait_for_udev=True), wait=args.wait) else 1
 
 
 def _status(args: argparse.Namespace) -> int:

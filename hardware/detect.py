@@ -241,6 +241,7 @@ def _disk(dev: Any) -> dict[str, Any] | None:
         "by_path": by_path,
         "partition_table": _prop(dev, "ID_PART_TABLE_TYPE"),
         "filesystem": _prop(dev, "ID_FS_TYPE"),
+        "label": _decode(_prop(dev, "ID_FS_LABEL_ENC")) or _prop(dev, "ID_FS_LABEL"),
         "partitions": parts,
         "devnum": f"{os.major(dev.device_number)}:{os.minor(dev.device_number)}" if dev.device_number else None,
         "boot_medium": False,

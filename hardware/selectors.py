@@ -310,14 +310,16 @@ def describe_contents(disk: dict[str, Any]) -> str:
     return f"{head}: {', '.join(parts)}" if parts else str(head)
 
 
-def choose_disk(selector: dict[str, Any] | None, inventory: dict[str, Any]) -> DiskChoice:
-    """Pick the install target: internal disks that satisfy the selector, never the boot medium."""
+def choose_disk(selector: dict[str, Any] | None, inventory: dict[str, Any], where: str = "install.disk",
+                taken: dict[str, str] | None = None) -> DiskChoice:
+    """Pick a disk: internal disks that satisfy the selector, never the boot medium nor one ``taken``
+    (disk name -> why: another volume's)."""
     selector = dict(selector or {})
     unknown = set(selector) - set(DISK_SELECTOR_KEYS)
     if unknown:
-        raise SelectorError(f"install.disk: unknown key(s) {', '.join(sorted(unknown))}")
+        raise SelectorError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     if selector.get("smallest") and selector.get("largest"):
-        raise SelectorError("install.disk: smallest and largest exclude each other")
+        raise SelectorError(f"{where}: smallest and largest exclude each other")
     wipe = bool(selector.get("wipe"))
     rejected: list[tuple[str, str]] = []
     candidates: list[dict[str, Any]] = []
@@ -326,8 +328,10 @@ def choose_disk(selector: dict[str, Any] | None, inventory: dict[str, Any]) -> D
             rejected.append((d["name"], "the medium this system booted from"))
         elif d.get("removable") or d.get("type") == "usb":
             rejected.append((d["name"], "removable or on USB"))
+        elif taken and d["name"] in taken:
+            rejected.append((d["name"], taken[d["name"]]))
         else:
-            misses = disk_fits(d, selector, "install.disk")
+            misses = disk_fits(d, selector, where)
             if misses:
                 rejected.append((d["name"], "; ".join(misses)))
             else:

@@ -102,6 +102,21 @@ def role_exports(profile: dict[str, Any], role: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in exports.items()}
 
 
+def role_volumes(etc: Path = ETC) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """This host's role and that role's volumes (path, disk selector, options), from the resolved profile."""
+    etc = Path(etc)
+    facts = _read_json(etc / "host.json")
+    role = facts.get("role") if isinstance(facts, dict) else None
+    if not role:
+        return None, {}
+    profile = _read_json(etc / "profile.json")
+    volumes = ((profile.get("roles") or {}).get(role) or {}).get("volumes") or {}
+    if not isinstance(volumes, dict) or not all(isinstance(v, dict) and isinstance(v.get("path"), str)
+                                                for v in volumes.values()):
+        raise ConfigError(f"{etc / 'profile.json'}: roles.{role}.volumes is not a mapping of name to path and disk")
+    return str(role), volumes
+
+
 def load(etc: Path = ETC) -> AgentConfig:
     etc = Path(etc)
     facts = _read_json(etc / "host.json")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from builder.profile.errors import Mark
 from builder.profile.types import (
     Bool,
+    CheckContext,
     Choice,
     Cidr,
     Compare,
@@ -25,6 +27,7 @@ from builder.profile.types import (
     Size,
     Str,
 )
+from builder.profile.yamlsource import mark_of_key
 
 SUITES = ("bookworm", "trixie", "sid")
 CHASSIS = ("desktop", "laptop", "mini-pc", "tower", "server", "all-in-one", "tablet", "other")
@@ -74,6 +77,12 @@ PIN = Record(
     doc="A pin that matches makes recognition certain; one that contradicts rules the host out.",
 )
 
+def _one_of_smallest_largest(out: dict[str, Any], ctx: CheckContext, path: str, raw: Any, mark: Mark) -> None:
+    if out.get("smallest") and out.get("largest"):
+        ctx.error(mark_of_key(raw, "largest", mark), f"{path}.largest",
+                  "smallest and largest exclude each other: keep one")
+
+
 DISK_SELECTOR = Record(
     "install disk selector",
     [
@@ -87,7 +96,29 @@ DISK_SELECTOR = Record(
     ],
     doc="Picks the install target among internal disks; never the medium the system booted from. "
     "Without smallest/largest exactly one disk must fit.",
+    check_hook=_one_of_smallest_largest,
 )
+
+VOLUME = Record(
+    "volume",
+    [
+        Field("path", Str(r"(/[A-Za-z0-9_.+-]+)+", "an absolute path below / such as /srv/drive"),
+              "where the disk is mounted (an export may name it or a folder in it)", required=True),
+        Field("disk", Record("volume disk selector", DISK_SELECTOR.fields,
+                             doc="Picks the volume's disk among internal disks other than the one the "
+                             "system runs from; a disk that already holds this volume's file system "
+                             "is taken first. Without smallest/largest exactly one disk must fit.",
+                             check_hook=_one_of_smallest_largest),
+              "which internal disk holds the volume", required=True),
+        Field("options", ListOf(Str(r"[A-Za-z0-9_=.-]+", "a mount option such as noatime")),
+              "extra mount options (nosuid and nodev are always given)", default=[]),
+    ],
+    doc="A data disk of the role's hosts: formatted ext4 (labelled with the volume's name) when it "
+    "is blank, mounted at its path at every boot before the agent starts; a disk holding anything "
+    "else is left alone unless disk.wipe allows it.",
+)
+VOLUME_NAME = Str(r"[a-z][a-z0-9-]{0,15}", "a volume name: up to 16 lower-case letters, digits and '-' "
+                  "(it becomes the ext4 label)", 16)
 
 # --- sections ---------------------------------------------------------------------------
 
@@ -169,6 +200,8 @@ ROLE = Record(
         Field("overlays", ListOf(Path(directory=True)), "extra overlay folders", default=[]),
         Field("exports", MapOf(Str(r"/\S*", "an absolute path"), what="export"),
               "paths the fused agent exports: name → path (seen at /n/<host>/fs/<name>)", default={}),
+        Field("volumes", MapOf(VOLUME, key=VOLUME_NAME, what="volume"),
+              "data disks formatted when blank and mounted at every boot: name → path and disk", default={}),
         Field("match", HOST_SELECTOR, "how first boot recognises a host of this role", default={}),
     ],
 )

@@ -432,7 +432,8 @@ class Record(Kind):
     title: str
     fields: list[Field]
     doc: str = ""
-    check_hook: Callable[[dict[str, Any], CheckContext, str, Any], None] | None = None
+    # A check across the record's own keys: (checked keys, context, path, the raw record, its mark).
+    check_hook: Callable[[dict[str, Any], CheckContext, str, Any, Mark], None] | None = None
 
     def __post_init__(self) -> None:
         self.by_name = {f.name: f for f in self.fields}
@@ -476,7 +477,7 @@ class Record(Kind):
                 out[f.name] = f.default_for(out)
         out = {f.name: out[f.name] for f in self.fields if f.name in out}  # table order: stable output
         if self.check_hook is not None:
-            self.check_hook(out, ctx, path, value)
+            self.check_hook(out, ctx, path, value, vmark)
         return out
 
     def schema(self) -> dict[str, Any]:

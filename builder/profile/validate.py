@@ -106,6 +106,48 @@ def check_roles(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark])
             ctx.error(marks[name], f"roles.{name}.os", "needs at least one OS of kind system to install")
 
 
+# Folders of the system itself: a disk mounted over one would hide the installed OS.
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys", "/tmp",
+                  "/usr", "/var")
+
+
+def _raw_mark(raw: Any, path: tuple[str, ...], fallback: Mark) -> Mark:
+    """Where the value at ``path`` of the raw profile was written, as close as is known."""
+    from builder.profile.yamlsource import mark_of_key
+
+    mark, node = fallback, raw
+    for step in path:
+        if not isinstance(node, dict) or step not in node:
+            break
+        mark, node = mark_of_key(node, step, mark), node[step]
+    return mark
+
+
+def check_volumes(ctx: CheckContext, raw: Any, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    namespace = _section(data, "cluster", "fusion").get("namespace", "/n")
+    for name, role in _section(data, "roles").items():
+        volumes = role.get("volumes") if isinstance(role, dict) else None
+        if not isinstance(volumes, dict):
+            continue
+        seen: dict[str, str] = {}
+        for vname, vol in volumes.items():
+            path = vol.get("path") if isinstance(vol, dict) else None
+            if not isinstance(path, str):
+                continue
+            where = f"roles.{name}.volumes.{vname}.path"
+            mark = _raw_mark(raw, ("roles", name, "volumes", vname, "path"), marks[name])
+            clean = path.rstrip("/")
+            if clean in SYSTEM_FOLDERS or any(clean.startswith(f"{s}/") for s in ("/proc", "/sys", "/dev", "/run")):
+                ctx.error(mark, where, f"{path} is a folder of the system itself: mount data under "
+                          "/srv, /mnt or /home instead")
+            elif isinstance(namespace, str) and (clean == namespace or clean.startswith(f"{namespace}/")):
+                ctx.error(mark, where, f"{path} is inside the cluster namespace {namespace}, where peers "
+                          "are mounted")
+            if clean in seen:
+                ctx.error(mark, where, f'{path} is also the path of volume "{seen[clean]}"')
+            seen.setdefault(clean, vname)
+
+
 def check_oses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
     for name, os_ in _section(data, "oses").items():
         if isinstance(os_, dict) and os_.get("kind") == "iso" and "path" not in os_:
@@ -127,6 +169,7 @@ def check_whole(ctx: CheckContext, raw: Any, data: dict[str, Any], boards: set[s
     marks = {s: section_marks(raw, s, fallback) for s in ("oses", "roles", "hosts", "images")}
     check_oses(ctx, data, marks["oses"])
     check_roles(ctx, data, marks["roles"])
+    check_volumes(ctx, raw, data, marks["roles"])
     assign_addresses(ctx, data, marks["hosts"])
     # Distinguishability needs every reference to be sound; judge it only then.
     check_images(ctx, data, marks["images"], distinguish=not ctx.diag)
