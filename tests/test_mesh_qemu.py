@@ -143,6 +143,11 @@ def test_a_file_on_the_drive_is_the_same_everywhere(lab: Lab) -> None:
 
 
 def test_df_shows_the_storage_disks_capacity(lab: Lab) -> None:
+    # The profile's volume: a blank 4 TB disk of the box, formatted at first boot and mounted.
+    [vol] = [e for e in lab.machines["vault"].events if e.get("event") == "volume"]
+    assert (vol["name"], vol["path"], vol["state"], vol["formatted"]) == ("drive", "/srv/drive", "mounted", True), vol
+    assert vol["serial"].startswith("ZDH1") and vol["size"] == FOUR_TB, vol
+    assert lab.shells["vault"].ok("findmnt -n -o SOURCE,FSTYPE,LABEL /srv/drive").split()[1:] == ["ext4", "drive"]
     local = int(lab.shells["vault"].ok("df -B1 --output=size /srv/drive | tail -n1"))
     assert 0.95 * FOUR_TB < local <= FOUR_TB  # the real 4 TB disk, less ext4's metadata
     for h in ("wall-1", "wall-2"):

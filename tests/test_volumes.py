@@ -154,7 +154,7 @@ def test_prepare_waits_for_a_late_disk() -> None:
     ok = prepare(DRIVE, collect, out, wait=60, sleep=naps.append)
     assert ok is False and len(naps) == 2 and not seen
     [ev, err] = [parse_line(line) for line in out.getvalue().splitlines()]
-    assert (ev["state"], ev["disk"]) == ("failed", "sdb")
+    assert (ev["state"], ev["disk"]) == ("failed", "sdb") and err["stage"] == "volumes"
 
 
 def test_role_volumes_reads_the_installed_profile(tmp_path: Path) -> None:
