@@ -87,8 +87,9 @@ def test_clusterctl_test_installs_and_boots_both_hosts(dualnano_stick: Path, tmp
         cwd=ROOT, capture_output=True, text=True, timeout=2 * (INSTALL + BOOT),
         env={**os.environ, "COLUMNS": "240"})  # one table row a line  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for host, firmware in (("left", "uefi"), ("right", "bios")):
-        row = next(line for line in proc.stdout.splitlines() if line.strip("│┃ ").startswith(host))
+    for host, board, firmware in (("left", "nano-itx", "uefi"), ("right", "nano-itx-storage", "bios")):
+        # The table's row, not the progress line ("left: stick ... on nano-itx (uefi), expecting ...").
+        row = next(line for line in proc.stdout.splitlines() if f" {host} " in line and f" {board} " in line)
         assert firmware in row and "ready" in row and "pass" in row.lower(), row
     events = [e for line in (work / "left" / "console.log").read_text(errors="replace").splitlines()
               if (e := parse_line(line))]  # fmt: skip
