@@ -21,6 +21,7 @@ from agent.firstboot.tools import InstallError
 from agent.mesh.config import ConfigError, role_volumes
 from agent.volumes import VolumeStep, apply, format_disk, plan_volumes, prepare, still_blank
 from builder.profile import ProfileInvalid, load_profile
+from tests.test_profile_errors import errors_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TB4 = 4 * 10**12
@@ -184,13 +185,7 @@ hosts:
 
 
 def volume_errors(tmp_path: Path, volumes: str) -> list[str]:
-    path = tmp_path / "p.yaml"
-    path.write_text(PROFILE % textwrap.indent(textwrap.dedent(volumes), "      "))
-    try:
-        load_profile(path)
-    except ProfileInvalid as e:
-        return [str(d).replace(str(tmp_path) + "/", "") for d in e.diagnostics]
-    return []
+    return errors_of(tmp_path, PROFILE % textwrap.indent(textwrap.dedent(volumes), "      "))
 
 
 def test_volumes_validate_and_mistakes_are_located(tmp_path: Path) -> None:
