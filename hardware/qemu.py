@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from hardware.board import Board, Disk
 from hardware.console import Console, Event
-from hardware.qemu_cmd import STICK_ID, MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
+from hardware.qemu_cmd import (
+    STICK_ID,
+    MachineConfig,
+    MachinePaths,
+    MachineSetupError,
+    build_command,
+    prepare_files,
+    uncabled_nics,
+)
 from hardware.qmp import QMP, QMPError
 
 if TYPE_CHECKING:
@@ -143,6 +151,11 @@ class Machine:
             sock = self._connect_serial(timeout)
             self.console = Console(sock, self.paths.console_log, self.started_at)
             self._qmp = QMP(self.paths.qmp_sock, timeout=timeout)
+            uncabled = uncabled_nics(self.config)
+            if uncabled:  # started paused (-S): no carrier on those ports before the guest runs
+                for i in uncabled:
+                    self.set_link(i, up=False)
+                self.qmp("cont")
         except (QMPError, OSError) as e:
             # QEMU checks devices only after the console is connected: a refused option ends it here.
             assert self.proc is not None

@@ -253,6 +253,15 @@ def _disk_args(cfg: MachineConfig, paths: MachinePaths, boot_index: dict[str, in
     return args
 
 
+def uncabled_nics(cfg: MachineConfig) -> list[int]:
+    """NICs with no LAN: they exist with no carrier, like a port with no cable in it (the
+    driver pulls their link before the guest runs; an interactive machine keeps them up)."""
+    if cfg.interactive:
+        return []
+    return [i for i in range(len(cfg.board.nics))
+            if cfg.netdevs is None or i >= len(cfg.netdevs) or cfg.netdevs[i] is None]
+
+
 def _nic_args(cfg: MachineConfig) -> list[str]:
     args: list[str] = []
     macs = cfg.macs or []
@@ -319,5 +328,7 @@ def build_command(cfg: MachineConfig, paths: MachinePaths) -> list[str]:
         argv += ["-mon", "chardev=qmp0,mode=control"]
         # wait=on: QEMU starts the guest only once the driver listens, so no console byte is lost.
         argv += ["-chardev", f"socket,id=serial0,path={_opt(str(paths.serial_sock))},server=on,wait=on"]
+        if uncabled_nics(cfg):
+            argv += ["-S"]  # paused until the driver has pulled those links (Machine.start)
         argv += ["-serial", "chardev:serial0"]
     return argv

@@ -11,9 +11,8 @@ The profile copy (profiles/vesa-wall.yaml, changed only where a lab needs it):
   the console (they would cut those lines);
 - on vault, the storage role's drive is the profile's own volume (roles.storage.volumes: a
   4 TB disk formatted when blank and mounted at /srv/drive before the agent starts), mounted
-  without background inode-table zeroing; and its LAN address on its first port only (the
-  base overlay's network file gives the host's address to every Ethernet port, and the box's
-  second port has no cable here).
+  without background inode-table zeroing. Its second port has no cable (no carrier), so the
+  base overlay's network file, which matches every Ethernet port, configures the first only.
 """
 
 from __future__ import annotations
@@ -122,16 +121,6 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 
 QUIET = "kernel.printk = 1 4 1 7\n"
 
-FIRST_PORT = f"""# Lab: the cluster LAN on the storage box's first port only.
-[Match]
-MACAddress={load_board("storage-box").nics[0].mac}
-
-[Network]
-Address={{{{ host.address }}}}/{{{{ lan_prefix }}}}
-LinkLocalAddressing=ipv6
-"""
-
-
 def _write_tree(root: Path, files: dict[str, str], meta: dict[str, Any]) -> Path:
     for rel, text in files.items():
         p = root / rel
@@ -153,8 +142,6 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
         "etc/sysctl.d/90-lab-quiet.conf": QUIET,
         **({"usr/local/bin/tcpbench": TCPBENCH, "usr/local/bin/fdmount": FDMOUNT} if bench else {}),
     }, {"modes": {f"usr/local/bin/{n}": {"mode": "0755"} for n in ("t", *(("tcpbench", "fdmount") if bench else ()))}})
-    first_port = _write_tree(dest / "overlay-first-port",
-                             {"etc/systemd/network/50-clusterctl-lan.network.j2": FIRST_PORT}, {})
     data = yaml.safe_load(PROFILE.read_text())
     data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
     pkgs = set(data["oses"]["stable"].get("packages") or [])
@@ -164,7 +151,6 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
         if bench:
             pkgs.add("diod")
     data["oses"] = {"stable": {**data["oses"]["stable"], "packages": sorted(pkgs), "overlays": [str(lab)]}}
-    data["hosts"]["vault"]["overlays"] = [str(first_port)]
     # The drive is the profile's own volume. A TCG guest would spend minutes of CPU zeroing a
     # 4 TB disk's inode tables in the background: the lab mounts without that (ext4 is fine
     # without it; e2fsck would be slower).

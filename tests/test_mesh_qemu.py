@@ -115,6 +115,12 @@ def lab(lab_images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_each_host_sees_the_others(lab: Lab) -> None:
     for h in LAB_HOSTS:
+        errors = [e for e in lab.machines[h].events if e.get("event") == "error"]
+        assert not errors, (h, errors)
+    # The box's second port has no cable: no carrier, so the LAN address sits on the first only.
+    addresses = lab.shells["vault"].ok("ip -4 -o address show scope global").splitlines()
+    assert len(addresses) == 1 and lab.info["facts"]["vault"]["address"] in addresses[0], addresses
+    for h in LAB_HOSTS:
         sh = lab.shells[h]
         others = sorted(set(LAB_HOSTS) - {h})
         names = sh.ok("ls /n").split()

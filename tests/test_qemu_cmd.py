@@ -19,6 +19,7 @@ from hardware.qemu_cmd import (
     build_command,
     prepare_files,
     smbios_type3_table,
+    uncabled_nics,
 )
 
 BOARDS = board_names()
@@ -193,3 +194,7 @@ def test_only_the_nics_given_a_lan_are_cabled(tmp_path: Path) -> None:
     assert netdevs[0] == "vde,sock=/run/lan,id=net0"
     assert netdevs[1].startswith("hubport,") and "hubid=101" in netdevs[1]  # a hub of its own: no loop
     assert not any(a.startswith("user") for a in netdevs)  # never a route outside
+    # The uncabled port has no carrier: QEMU starts paused so the driver pulls its link first.
+    assert "-S" in argv and uncabled_nics(MachineConfig(board=board, netdevs=["vde,sock=/run/lan", None])) == [1]
+    argv, _ = _prepared(board, tmp_path / "all", netdevs=["vde,sock=/run/lan", "vde,sock=/run/lan2"])
+    assert "-S" not in argv
