@@ -11,10 +11,15 @@ nano-itx (UEFI, one NVMe): host left, role desktop.
 nano-itx-storage (BIOS, a 32 GB SSD and two 2 TB disks): host right, role storage; one 2 TB
 disk is full of data and must be byte-identical afterwards; the power is cut while the
 installer writes, and the stick is booted again: it takes up its own unfinished install.
+
+And the wizard on the serial console, unattended or not: a mini PC with a display and a second
+disk fits both hosts, so it asks (answered over the serial line); a laptop fits neither, so it
+says so and lists them all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -25,7 +30,7 @@ import pytest
 import yaml
 
 from agent.events import parse_line
-from hardware.board import load_board
+from hardware.board import Disk, load_board
 from hardware.qemu import Machine
 from hardware.qemu_cmd import MachinePaths
 
@@ -141,3 +146,34 @@ def test_right_survives_a_power_cut_and_leaves_the_data_disk_alone(dualnano_stic
     ready = boot_disk_until_ready("nano-itx-storage", wd, "right")
     assert (ready["host"], ready["role"], ready["os"]) == ("right", "storage", "stable")
     assert same_disk(pristine, data), "the data disk changed"
+
+
+def test_the_wizard_asks_when_two_hosts_fit_and_says_so_when_none_does(dualnano_stick: Path, tmp_path: Path) -> None:
+    mini = load_board("vesa-mini-pc")
+    # left wants a desktop or mini PC with a display; right wants two disks or more: this box is both.
+    both = dataclasses.replace(mini, name="mini-pc-two-disks", disks=(
+        *mini.disks, Disk(bus="sata", size=2 * 10**12, model="WDC WD20EFRX-68EUZN0", serial="WD-WCC4M0009999",
+                          rotational=True)))  # fmt: skip
+    with Machine(both, tmp_path / "both", boot_image=dualnano_stick, name="both") as m2, \
+            Machine(load_board("laptop"), tmp_path / "laptop", boot_image=dualnano_stick, name="laptop") as m0:
+        m2.start()
+        m0.start()
+        asking = m2.wait_for("asking", timeout=BOOT)
+        assert (asking["outcome"], asking["candidates"]) == ("ambiguous", ["left", "right"])
+        m2.wait_for_line(r"This machine fits 2 hosts; which one is it\?", timeout=60)
+        m2.wait_for_line(r"Pick a host \[1-2\], s = shell, q = quit: ", timeout=60)
+        m2.send_serial("2\n")
+        m2.wait_for_line(r"This is right", timeout=60)
+        m2.wait_for_line(r"\[y\] install, \[o\] another host, \[s\] shell, \[q\] quit: ", timeout=60)
+        assert not [e for e in m2.events if e["event"] in ("matched", "installing", "installed")]
+
+        asking = m0.wait_for("asking", timeout=BOOT)
+        assert asking["outcome"] == "none"
+        m0.wait_for_line("No host of this stick matches this machine.", timeout=60)
+        m0.wait_for_line(r"1\. left .*no: chassis laptop", timeout=60)
+        m0.wait_for_line(r"2\. right .*no: 1 disk", timeout=60)
+        m0.wait_for_line(r"Pick a host \[1-2\], s = shell, q = quit: ", timeout=60)
+        m0.send_serial("q\n")  # nothing decided, nothing written
+        quit_ = m0.wait_for({"event": "error", "stage": "match"}, timeout=120)
+        assert quit_["message"] == "no host was chosen; nothing was installed"
+        assert not [e for e in m0.events if e["event"] in ("matched", "installing", "installed")]
