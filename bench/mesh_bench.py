@@ -96,9 +96,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mesh = vault.json("cat /etc/clusterctl/identity/mesh.json")["address"]
         lan_addr = facts["vault"]["address"]
         vault.ok(f"setsid tcpbench serve {PORT_TCP} </dev/null >/tmp/tcpbench.log 2>&1 &")
-        vault.ok(f"setsid diod -f -n -l 0.0.0.0:{PORT_DIOD} -l [{mesh}]:{PORT_DIOD} -e /srv/drive -L /tmp/diod.log "
-                 "</dev/null >/dev/null 2>&1 & sleep 2; cat /tmp/diod.log; pgrep -x diod")
-        w1.ok(f"mkdir -p /mnt/diod && fdmount {mesh} {PORT_DIOD} /srv/drive 1048576 /mnt/diod")
+        client_mesh = w1.json("cat /etc/clusterctl/identity/mesh.json")["address"]
+        # diod splits -l HOST:PORT at the first colon, so an IPv6 literal cannot be given: a name
+        # in vault's /etc/hosts stands for its mesh address. And diod drops a connection whose
+        # peer address has no name (getnameinfo without NI_NUMERICHOST; the guests have no DNS).
+        vault.ok(f"printf '%s vault-mesh\\n%s wall-1-mesh\\n' {mesh} {client_mesh} >> /etc/hosts && "
+                 f"setsid diod -f -n -l 0.0.0.0:{PORT_DIOD} "
+                 f"-l vault-mesh:{PORT_DIOD} -e /srv/drive -L /tmp/diod.log </dev/null >/dev/null 2>&1 & "
+                 "sleep 2; cat /tmp/diod.log; pgrep -x diod")
+        r = w1.run(f"mkdir -p /mnt/diod && fdmount {mesh} {PORT_DIOD} /srv/drive 1048576 /mnt/diod")
+        if r["rc"] != 0:
+            log = vault.run("cat /tmp/diod.log; pgrep -a diod; dmesg | tail -5")
+            raise SystemExit(f"diod mount failed: {r['err'] or r['out']}\nvault: {log['out']}{log['err']}")
         mounts = w1.ok("grep -E ' /n/vault | /mnt/diod ' /proc/mounts")
         result: dict[str, Any] = {"mb": args.mb, "runs": args.runs, "mounts": mounts.strip().splitlines()}
         result["tcp_mesh"] = measure_tcp(w1, mesh, args.mb, args.runs)
