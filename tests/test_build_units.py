@@ -14,11 +14,14 @@ import pytest
 
 from builder.build import diff_inputs
 from builder.cache import StageCache
+from builder.profile import load_profile
 from builder.report import JsonReporter
 from builder.stages.ext4edit import Put, place
 from builder.stages.image import ImageTooSmall, layout, sfdisk_script
-from builder.stages.overlay import Entry, OverlayError, render_layer, write_tar
+from builder.stages.overlay import Entry, OverlayError, render_layer, template_context, write_tar
 from builder.stages.users import add_users
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nsudo:x:27:\nshadow:x:42:\nnogroup:x:65534:\n"
@@ -161,3 +164,17 @@ def test_json_reporter_writes_one_object_per_line() -> None:
         JsonReporter().done("rootfs:x", 1.5, False, "not built before", "k" * 64)
     ev = json.loads(buf.getvalue())
     assert ev["state"] == "built" and ev["stage"] == "rootfs:x"
+
+
+def test_the_lan_file_matches_a_hosts_pinned_nic_else_every_port() -> None:
+    data = load_profile(ROOT / "profiles" / "vesa-wall.yaml").data
+    rendered: dict[str | None, str] = {}
+    for host in ("wall-2", "vault", None):
+        entries: dict[str, Entry] = {}
+        render_layer(ROOT / "overlays" / "base", template_context(data, "stable", "stick", host, [], "0"), entries)
+        rendered[host] = entries["etc/systemd/network/50-clusterctl-lan.network"].data.decode()
+    assert "MACAddress=52:54:00:a1:00:02\n" in rendered["wall-2"] and "Name=" not in rendered["wall-2"]
+    assert "Address=10.44.0.12/24" in rendered["wall-2"]
+    assert "MACAddress" not in rendered["vault"] and "Name=en* eth*" in rendered["vault"]
+    assert "Address=10.44.0.14/24" in rendered["vault"]
+    assert "DHCP=yes" in rendered[None] and "Name=en* eth*" in rendered[None]  # the stick's own system
