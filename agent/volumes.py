@@ -31,6 +31,7 @@ from hardware.selectors import (
     describe_disk,
     disk_fits,
     disk_holds_data,
+    internal_disks,
 )
 
 FILESYSTEM = "ext4"
@@ -63,8 +64,8 @@ def _holds_volume(disk: dict[str, Any], name: str) -> bool:
 
 def plan_volumes(volumes: dict[str, dict[str, Any]], inventory: dict[str, Any]) -> list[VolumeStep]:
     """One step per volume, in name order; no disk serves two volumes."""
-    internal = [d for d in inventory.get("disks") or []
-                if not d.get("boot_medium") and not d.get("removable") and d.get("type") != "usb"]
+    internal = internal_disks(inventory)
+    options = {name: tuple(vol.get("options") or ()) for name, vol in volumes.items()}
     steps: dict[str, VolumeStep] = {}
     taken: dict[str, str] = {}
     # First every volume whose disk is already there, so a volume allowed to wipe can never
@@ -76,27 +77,28 @@ def plan_volumes(volumes: dict[str, dict[str, Any]], inventory: dict[str, Any]) 
             d = own[0]
             taken[d["name"]] = f'holds volume "{name}"'
             steps[name] = VolumeStep(name, vol["path"], "mount", d, f"{describe_disk(d)} holds the volume",
-                                     tuple(vol.get("options") or ()))
+                                     options[name])
     for d in internal:  # a labelled disk of a volume this role no longer has is not free either
         if d["name"] not in taken and d.get("filesystem") == FILESYSTEM and d.get("label") in volumes:
             taken[d["name"]] = f'labelled for volume "{d["label"]}"'
     for name, vol in sorted(volumes.items()):
         if name in steps:
             continue
-        options = tuple(vol.get("options") or ())
         choice = choose_disk(vol.get("disk"), inventory, f"volumes.{name}.disk", taken)
         if choice.disk is None:
-            steps[name] = VolumeStep(name, vol["path"], "missing", None, choice.error or "no disk fits", options)
+            steps[name] = VolumeStep(name, vol["path"], "missing", None, choice.error or "no disk fits",
+                                     options[name])
             continue
         d = choice.disk
         if disk_holds_data(d) and not choice.wipe_allowed:
             steps[name] = VolumeStep(name, vol["path"], "refuse", d,
                                      f"{describe_disk(d)} holds {describe_contents(d)}; it is left alone "
-                                     "(disk.wipe: true allows formatting it)", options)
+                                     "(disk.wipe: true allows formatting it)", options[name])
             continue
         taken[d["name"]] = f'chosen for volume "{name}"'
         was = "blank" if not disk_holds_data(d) else f"held {describe_contents(d)}, wipe allowed"
-        steps[name] = VolumeStep(name, vol["path"], "format", d, f"{describe_disk(d)} ({was})", options)
+        steps[name] = VolumeStep(name, vol["path"], "format", d, f"{describe_disk(d)} ({was})",
+                                 options[name])
     return [steps[n] for n in sorted(steps)]
 
 
@@ -131,17 +133,16 @@ def _mounted_at(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | Non
     return None
 
 
-def mount_volume(device: str, path: str, options: tuple[str, ...]) -> bool:
-    """Mount ``device`` at ``path``; False when it was mounted there already."""
+def mount_volume(device: str, path: str, options: tuple[str, ...]) -> None:
+    """Mount ``device`` at ``path``, unless it is mounted there already (the unit ran before)."""
     st = os.stat(device)
     here = _mounted_at(path)
     if here == f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}":
-        return False
+        return
     if here is not None:
         raise InstallError("volumes", f"{path} already has another file system mounted ({here})")
     os.makedirs(path, exist_ok=True)
     run("volumes", ["mount", "-t", FILESYSTEM, "-o", ",".join((*ALWAYS_OPTIONS, *options)), device, path])
-    return True
 
 
 def apply(steps: list[VolumeStep], events: TextIO | None = None) -> bool:
