@@ -67,14 +67,16 @@ class Agent:
     # -- reporting ---------------------------------------------------------------------
     def report(self, peer: str, state: str, **fields: Any) -> None:
         clean = {k: v for k, v in fields.items() if v is not None}
+        entry: dict[str, Any] = {"state": state, "online": state == "mounted", "reason": clean.get("reason")}
+        if "endpoint" in clean:
+            entry["endpoint"] = clean["endpoint"]
+        # The table first, then the event: whoever acts on the event finds /n/cluster and
+        # members.json already saying the same.
+        self.members.update(peer, **entry)
         if state == "error":
             events.emit("error", stage="mount", host=self.cfg.host, peer=peer, message=clean.get("reason", ""))
         else:
             events.emit("peer", host=self.cfg.host, peer=peer, state=state, **clean)
-        entry: dict[str, Any] = {"state": state, "online": state == "mounted", "reason": clean.get("reason")}
-        if "endpoint" in clean:
-            entry["endpoint"] = clean["endpoint"]
-        self.members.update(peer, **entry)
 
     def _gate_event(self, publish: Callable[..., Any]) -> Callable[..., Any]:
         def hook(name: str, **fields: Any) -> Any:
