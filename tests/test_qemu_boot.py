@@ -106,7 +106,7 @@ def test_a_wait_that_never_ends_fails_at_its_deadline_with_the_console(
     began = time.monotonic()
     with pytest.raises(MachineTimeout) as err:
         m.wait_for({"event": "installed", "host": "left"}, timeout=4)
-    assert 4 <= time.monotonic() - began < 6
+    assert 4 <= time.monotonic() - began < 10  # at its deadline, not long after (slack for a busy CI machine)
     text = str(err.value)
     assert "within 4 s" in text and "last " in text and "console lines" in text
     assert "testkit: shell on the console" in text  # a console line from the tail
