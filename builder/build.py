@@ -36,7 +36,7 @@ from builder.secrets import (
     secrets_digest,
 )
 from builder.stages import esp as esp_stage
-from builder.stages import ext4edit
+from builder.stages import ext4edit, isoboot
 from builder.stages import image as image_stage
 from builder.stages.overlay import build_overlay
 from builder.stages.rescue import build_rescue
@@ -240,6 +240,8 @@ class Builder:
         payloads: dict[str, tuple[Path, Path]] = {}
         kernels: dict[str, str] = {}
         for e in stage.params["entries"]:
+            if e["kind"] == "iso":
+                continue  # its GRUB is made from the entry alone
             rootfs = self.results[e["rootfs"]]
             assert rootfs.path is not None
             version = sorted(rootfs.record["kernels"])[-1]
@@ -259,6 +261,12 @@ class Builder:
                                   stage.inputs["timeout_s"], stage.inputs["hidden_sectors"], out, work, log,
                                   self._sink(stage.name))
         return {**rec, "kernels": kernels}, out
+
+    def _run_isos(self, plan: Plan, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
+        out = work / "isos.ext4"
+        rec = isoboot.build_iso_partition({n: Path(p) for n, p in stage.params["sources"].items()},
+                                          stage.inputs["fs_uuid"], out, work, log, self._sink(stage.name))
+        return {**rec, "sha256": esp_stage.file_sha256(out)}, out
 
     def _run_image(self, plan: Plan, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], None]:
         final = Path(stage.inputs["output"])
@@ -361,7 +369,7 @@ class Builder:
                             "hosts": info["hosts"], "size": img.record.get("size"),
                             "allocated": img.record.get("allocated"), "bmap": img.record.get("bmap"),
                             "esp_sha256": esp.record.get("sha256"), "partitions": img.record.get("partitions"),
-                            "oses": oses}
+                            "oses": oses, "isos": info.get("isos", [])}
             for part in images[name]["partitions"] or []:
                 stage_name = next((p["stage"] for p in img.stage.inputs["partitions"] if p["name"] == part["name"]),
                                   None)

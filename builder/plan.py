@@ -12,6 +12,8 @@ Stages, per image:
   rootpart:<os>          the root's ext4 partition, as a file (shared like the root itself)
   rescue:<image>/<os>    a rescue system packed into an initramfs (runs from RAM)
   esp:<image>            the EFI system partition: systemd-boot, syslinux, kernels, menus
+                         (and a GRUB per ISO entry: builder/stages/isoboot.py)
+  isos:<image>           a stick's ISO files in an ext4 partition (when it has ISO entries)
   image:<image>          the disk image in images/<cluster>/: partitions copied in, each OS's
                          overlay and the hosts' secrets written into its copy; .bmap, qcow2
 """
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__
+from builder.filedigest import file_digest
+from builder.stages.isoboot import ISOS_LABEL, LINUX_DATA_TYPE, iso_entry_name
 from builder.stages.rootfs import BASE_PACKAGES, RootfsSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +38,8 @@ OVERLAYS_DIR = PROJECT_ROOT / "overlays"
 ONHOST_PACKAGES = ("agent", "hardware")  # python packages copied into every root
 
 # Bump a kind's version when its executor starts producing different output for equal inputs.
-EXECUTOR_VERSIONS: dict[str, int] = {"rootfs": 1, "overlay": 1, "rootpart": 1, "rescue": 1, "esp": 1, "image": 1}
+EXECUTOR_VERSIONS: dict[str, int] = {"rootfs": 1, "overlay": 1, "rootpart": 1, "rescue": 1, "esp": 1, "isos": 1,
+                                     "image": 1}
 
 IMAGE_PARTUUID_NS = uuid.UUID("3c8f2a4e-5d1b-4f67-9a0e-6b7c2d9e1f30")
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -216,12 +221,16 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         os_parts: list[str] = []
         os_overlays: list[str] = []
         boot_entries: list[dict[str, Any]] = []
+        iso_sources: dict[str, str] = {}  # ISO entry -> the user's file
         for os_name in oses:
             osdef = data["oses"][os_name]
             kind = osdef.get("kind", "system")
             if kind == "iso":
-                warnings.append(f"images.{img_name}: OS {os_name!r} is an ISO payload; "
-                                "booting user ISOs from the stick is not built yet, it is left out")
+                if installer:
+                    iso_sources[os_name] = str(osdef["path"])
+                else:
+                    warnings.append(f"images.{img_name}: OS {os_name!r} is an ISO, booted from a usb-installer "
+                                    f"stick only; this {image['type']} image leaves it out")
                 continue
             users_of_os = [h for h in hosts if os_name in data["roles"][data["hosts"][h]["role"]]["os"]]
             pkgs: set[str] = set(osdef.get("packages") or [])
@@ -290,12 +299,21 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                                  "partuuid": part_uuid})
         if not boot_entries:
             raise PlanError(f"images.{img_name}: none of its OSes can be built")
+        for path in image.get("isos") or []:
+            iso_sources[iso_entry_name(path)] = str(path)
+        # ISO entries come last: the default entry is always one of the cluster's own systems.
+        iso_fs_uuid = str(uuid.uuid5(IMAGE_PARTUUID_NS, f"{cname}/{img_name}/isos-fs"))
+        for name, path in iso_sources.items():
+            osdef = data["oses"].get(name) or {}
+            boot_entries.append({"os": name, "kind": "iso", "title": str(osdef.get("label") or
+                                                                           f"{name} (ISO {Path(path).name})"),
+                                 "fs_uuid": iso_fs_uuid})
         esp = add(Stage("esp", f"esp:{img_name}", {
             "entries": [{k: v for k, v in e.items() if k not in ("rootfs", "payload", "overlay")}
                         for e in boot_entries],
             "default": boot_entries[0]["os"], "timeout_s": 3, "hidden_sectors": 2048,
-        }, deps=sorted({e["rootfs"] for e in boot_entries} | {e["payload"] for e in boot_entries
-                                                                  if e["kind"] == "rescue"}),
+        }, deps=sorted({e["rootfs"] for e in boot_entries if "rootfs" in e}
+                       | {e["payload"] for e in boot_entries if e["kind"] == "rescue"}),
             params={"entries": boot_entries}))
         output = image_output(cname, img_name, {**image, "format": fmt}, out_root)
         parts = [{"name": "ESP", "stage": esp.name, "type": ESP_TYPE, "uuid": partuuid(cname, img_name, "esp"),
@@ -304,6 +322,15 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
             if e["kind"] == "system":
                 parts.append({"name": f"root-{e['os']}", "stage": e["payload"], "overlay": e["overlay"],
                               "type": ROOT_X86_64_TYPE, "uuid": e["partuuid"], "os": e["os"]})
+        iso_facts: list[dict[str, Any]] = []
+        if iso_sources:
+            for name, path in iso_sources.items():
+                iso_facts.append({"entry": name, "file": Path(path).name, "size": os.path.getsize(path),
+                                  "sha256": file_digest(Path(path))})
+            isos = add(Stage("isos", f"isos:{img_name}", {"files": iso_facts, "fs_uuid": iso_fs_uuid,
+                                                          "label": ISOS_LABEL}, params={"sources": iso_sources}))
+            parts.append({"name": "isos", "stage": isos.name, "type": LINUX_DATA_TYPE,
+                          "uuid": partuuid(cname, img_name, "isos")})
         add(Stage("image", f"image:{img_name}", {
             "size": int(image["size"]), "format": fmt, "type": image["type"], "partitions": parts,
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),
@@ -311,10 +338,11 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                         for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
             # Every image carries the cluster's register (hosts.json: public mesh facts of all hosts).
             "register": secrets_digest.get("hosts.json", "to generate"),
-        }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays],
+        }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays, *([f"isos:{img_name}"] if iso_sources else [])],
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))
-        images[img_name] = {"type": image["type"], "hosts": hosts, "oses": [e["os"] for e in boot_entries],
-                            "output": str(output), "format": fmt}
+        images[img_name] = {"type": image["type"], "hosts": hosts,
+                            "oses": [e["os"] for e in boot_entries if e["kind"] != "iso"],
+                            "isos": iso_facts, "output": str(output), "format": fmt}
     plan = Plan(cluster=cname, profile_path=str(profile.path), stages=stages, images=images, warnings=warnings)
     add_tool_versions(plan)
     return plan
@@ -325,15 +353,19 @@ def add_tool_versions(plan: Plan) -> None:
     systemd-boot may make different output from equal settings. (Asking a tool its version is
     the only thing planning runs.)"""
     from builder.stages.esp import boot_files_digest
+    from builder.stages.isoboot import grub_files_digest
     from builder.tools import tool_version
 
     tools = {"rootfs": ["mmdebstrap"], "rootpart": ["mke2fs"], "esp": ["mkfs.vfat", "syslinux"],
-             "image": ["sfdisk", "debugfs", "qemu-img"]}
+             "isos": ["mke2fs"], "image": ["sfdisk", "debugfs", "qemu-img"]}
     for s in plan.ordered():
         if s.kind in tools:
             s.inputs["tools"] = {t: tool_version(t) for t in tools[s.kind]}
         if s.kind == "esp":
             s.inputs["boot_files"] = boot_files_digest()
+            if any(e["kind"] == "iso" for e in s.inputs["entries"]):
+                s.inputs["tools"]["grub-mkimage"] = tool_version("grub-mkimage")
+                s.inputs["boot_files"].update(grub_files_digest())
         s.key = stage_key(s.kind, s.inputs, [plan.stages[d].key for d in s.deps])
 
 

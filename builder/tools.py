@@ -112,20 +112,31 @@ def tool_version(name: str) -> str:
         return "missing"
     st = os.stat(exe)
     sig = f"{os.path.realpath(exe)}:{st.st_size}:{st.st_mtime_ns}"
-    try:
-        memo: dict[str, str] = json.loads(_MEMO.read_text())
-    except (OSError, ValueError):
-        memo = {}
+    memo = read_memo(_MEMO)
     if sig in memo:
         return memo[sig]
     version = _ask_version(name, exe)
     memo[sig] = version
-    with contextlib.suppress(OSError):
-        _MEMO.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _MEMO.with_name(f".{_MEMO.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(memo, indent=1))
-        os.replace(tmp, _MEMO)
+    write_memo(_MEMO, memo)
     return version
+
+
+def read_memo(path: Path) -> dict[str, str]:
+    """A JSON memo of facts about files, keyed by the file's identity; empty when unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_memo(path: Path, memo: dict[str, str]) -> None:
+    """Replace the memo whole (a memo that cannot be written is only a slower next plan)."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def _ask_version(name: str, exe: str) -> str:

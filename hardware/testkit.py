@@ -190,6 +190,23 @@ class TestKit:
             parts.append("testkit.hold=1")
         return " ".join(parts)
 
+    def make_iso(self, out: Path, loopback: bool = True) -> Path:
+        """An ISO 9660 image holding the kit, as a distribution's live ISO holds its system: with
+        a /boot/grub/loopback.cfg (unless ``loopback`` is false) whose entry boots the kit with
+        ``testkit.host=${iso_path}``, so ``ready`` tells which file GRUB found it in."""
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            tree = Path(tmp)
+            (tree / "kit").mkdir()
+            (tree / "kit" / "vmlinuz").write_bytes(self.kernel.read_bytes())
+            (tree / "kit" / "initrd").write_bytes(self.initrd.read_bytes())
+            (tree / "boot" / "grub").mkdir(parents=True)
+            cfg = ("set timeout=0\nmenuentry 'the test kit, from an ISO file' {\n"
+                   f"  linux /kit/vmlinuz {self.append(role='iso')} testkit.host=${{iso_path}}\n"
+                   "  initrd /kit/initrd\n}\n")
+            (tree / "boot" / "grub" / ("loopback.cfg" if loopback else "grub.cfg")).write_text(cfg)
+            _run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "CLUSTERCTL_KIT", "-o", str(out), str(tree)])
+        return out
+
 
 class TestKitError(RuntimeError):
     pass

@@ -29,6 +29,7 @@ from builder.bmap import read_bmap
 from builder.cache import StageCache
 from builder.plan import describe_plan
 from builder.profile import load_profile
+from hardware.testkit import TestKit
 
 pytestmark = pytest.mark.slow
 
@@ -301,7 +302,7 @@ def test_interrupted_stages(built: dict[str, Any], tmp_path: Path) -> None:
 
 
 def _boot(built: dict[str, Any], board: str, workdir: Path, prompt: str | None = None,
-          keys: str = "") -> dict[str, Any]:
+          keys: str = "", until: str = "ready") -> dict[str, Any]:
     from hardware.board import load_board
     from hardware.qemu import Machine
 
@@ -311,7 +312,7 @@ def _boot(built: dict[str, Any], board: str, workdir: Path, prompt: str | None =
         if prompt:
             m.wait_for_line(prompt, timeout=400)
             m.send_serial(keys)
-        return m.wait_for("ready", timeout=600)
+        return m.wait_for(until, timeout=600)
 
 
 def test_uefi_boots_the_default_entry(built: dict[str, Any], tmp_path: Path) -> None:
@@ -345,3 +346,61 @@ def test_a_failed_stage_is_named_with_its_log(tmp_path: Path) -> None:
     assert str(log) in r.stderr.replace("\n", "")
     assert "127.0.0.1:9" in log.read_text()
     assert not (tmp_path / "o" / "vesawall" / "stick.img").exists()
+
+
+# -- ISO files on the stick (builder/stages/isoboot.py) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def iso_stick(built: dict[str, Any], testkit: TestKit, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same stick with an ISO OS for the screens and one more ISO file on its menu, built on
+    the first build's cache: only the overlays, the ESP, the ISO partition and the image are made."""
+    base = tmp_path_factory.mktemp("isos")
+    testkit.make_iso(base / "kit.iso")
+    testkit.make_iso(base / "No Loopback.iso", loopback=False)
+    data = yaml.safe_load(PROFILE.read_text())
+    data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
+    data["oses"]["kit"] = {"kind": "iso", "path": str(base / "kit.iso"), "label": "the test kit, from an ISO"}
+    data["roles"]["screen"]["os"].append("kit")
+    data["images"]["stick"]["isos"] = [str(base / "No Loopback.iso")]
+    profile = base / "isos.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    rc, stdout, err = BuildRun(profile, base / "images", built["cache"]).finish()
+    assert rc == 0, err
+    return {"image": base / "images" / "vesawall" / "stick.img", "events": list(map(json.loads, stdout.splitlines())),
+            "manifest": json.loads((base / "images" / "vesawall" / "manifest.json").read_text())}
+
+
+def test_isos_are_files_in_their_own_partition_with_an_entry_each(iso_stick: dict[str, Any]) -> None:
+    image = iso_stick["image"]
+    ran = {e["stage"] for e in iso_stick["events"] if e.get("state") == "built"}
+    assert {"isos:stick", "esp:stick", "image:stick"} <= ran and not any(s.startswith(("rootfs:", "rootpart:"))
+                                                                       for s in ran)
+    parts = _partitions(image)
+    assert [p["name"] for p in parts] == ["ESP", "root-stable", "isos"]
+    listing = _debugfs(image, _offset(image, "isos"), "ls -l /")
+    assert "kit.iso" in listing and "no-loopback.iso" in listing
+    assert sorted(_mtools("mdir", image, "-b", "::/isoboot").split()) == [
+        "::/isoboot/kit.efi", "::/isoboot/kit.lnx", "::/isoboot/no-loopback.efi", "::/isoboot/no-loopback.lnx"]
+    assert _mtools("mtype", image, "::/loader/entries/30-kit.conf") == (
+        "title the test kit, from an ISO\nsort-key 30\nefi /isoboot/kit.efi\n")
+    assert "LABEL no-loopback\n  KERNEL /isoboot/no-loopback.lnx\n" in _mtools("mtype", image,
+                                                                               "::/syslinux/syslinux.cfg")
+    isos = iso_stick["manifest"]["images"]["stick"]["isos"]
+    assert [(i["entry"], i["file"]) for i in isos] == [("kit", "kit.iso"), ("no-loopback", "No Loopback.iso")]
+
+
+def test_uefi_boots_an_iso_file_through_its_loopback_cfg(iso_stick: dict[str, Any], tmp_path: Path) -> None:
+    ev = _boot(iso_stick, "vesa-mini-pc", tmp_path / "vm", prompt=r"runs from RAM", keys="3\r")
+    assert (ev["os"], ev["role"], ev["host"]) == ("testkit", "iso", "/kit.iso")  # iso_path reached its kernel
+
+
+def test_bios_boots_an_iso_file_by_its_label(iso_stick: dict[str, Any], tmp_path: Path) -> None:
+    ev = _boot(iso_stick, "storage-box", tmp_path / "vm", prompt=r"boot:", keys="kit\r")
+    assert (ev["os"], ev["role"], ev["host"]) == ("testkit", "iso", "/kit.iso")
+
+
+def test_an_iso_without_loopback_cfg_says_so_on_the_console(iso_stick: dict[str, Any], tmp_path: Path) -> None:
+    ev = _boot(iso_stick, "storage-box", tmp_path / "vm", prompt=r"boot:", keys="no-loopback\r", until="error")
+    assert ev["stage"] == "iso" and ev["os"] == "no-loopback"
+    assert "/no-loopback.iso has no /boot/grub/loopback.cfg" in ev["message"]

@@ -157,6 +157,9 @@ def test_installs_the_desktop_onto_a_blank_disk(stick: Path, tmp_path: Path) -> 
     result = install(request(stick, disk), disk_name="/dev/nvme0n1")
     assert result["host"] == "left" and result["disk"] == "/dev/nvme0n1" and result["seconds"] > 0
     assert_installed(stick, disk, "left")
+    # The stick's ISO entry and its GRUB stay on the stick (assert_installed: not on the disk).
+    assert "::/isoboot/" in fat(stick, "mdir", "-b", "::/").split()
+    assert any(e.endswith("-live.conf") for e in fat(stick, "mdir", "-b", "::/loader/entries").split())
 
 
 def test_storage_host_gets_only_its_oses(stick: Path, tmp_path: Path) -> None:

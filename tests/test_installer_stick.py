@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from builder.stages.esp import GPTMBR, build_esp
+from builder.stages.isoboot import LINUX_DATA_TYPE, build_iso_partition
 
 MiB = 1024 * 1024
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -65,9 +66,16 @@ def make_stick(work: Path) -> Path:
         payloads[o] = (kernel, initrd)
         cmd = f"root=PARTUUID={uuids[o]} console=ttyS0,115200 rw" if o in uuids else "rdinit=/sbin/init console=ttyS0"
         entries.append({"os": o, "title": f"{o} (Debian)", "cmdline": cmd})
+    # A user's ISO on the stick's menu (and its partition): installed disks get neither.
+    iso_fs_uuid = str(uuid.uuid4())
+    entries.append({"os": "live", "kind": "iso", "title": "live (ISO live.iso)", "fs_uuid": iso_fs_uuid})
     esp = work / "esp.img"
     (work / "espwork").mkdir(exist_ok=True)
     build_esp(entries, payloads, "stable", 3, 2048, esp, work / "espwork", log)
+    (work / "isowork").mkdir(exist_ok=True)
+    (work / "live.iso").write_bytes(b"not really an ISO\n" * 1000)
+    isos = work / "isos.img"
+    build_iso_partition({"live": work / "live.iso"}, iso_fs_uuid, isos, work / "isowork", log)
     roots = {}
     for o in SYSTEM_OSES:
         tree = work / f"tree-{o}"
@@ -92,6 +100,10 @@ def make_stick(work: Path) -> Path:
                      f'name="root-{o}"')
         placed.append((roots[o], pos))
         pos += ROOT_SIZE
+    lines.append(f'start={pos // 512}, size={isos.stat().st_size // 512}, type={LINUX_DATA_TYPE}, '
+                 f'uuid={uuid.uuid4()}, name="isos"')
+    placed.append((isos, pos))
+    pos += isos.stat().st_size
     with open(stick, "wb") as f:
         f.truncate(pos + 2 * MiB)
     subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(stick)],

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from agent.firstboot.tools import MTOOLS_ENV, InstallError, fat, run
 
 _ROOT = re.compile(r"\broot=PARTUUID=[0-9A-Fa-f-]+")
+# The ESP folder of the stick's ISO entries (builder/stages/isoboot.py): their ISOs stay on
+# the stick, so an installed disk gets neither the entries nor this folder.
+ISOBOOT_DIR = "isoboot"
 
 
 @dataclass
@@ -25,10 +28,15 @@ class BootEntry:
     initrd: str
     options: str
     extra: dict[str, str] = field(default_factory=dict)
+    # A boot loader program instead of a kernel (an ISO's GRUB): systemd-boot runs ``efi``,
+    # syslinux loads ``bios`` as its kernel. Such entries live on the stick only.
+    efi: str = ""
+    bios: str = ""
 
 
 def parse_entry(text: str) -> BootEntry | None:
-    """A systemd-boot loader entry; its OS is the folder holding the kernel (``/<os>/vmlinuz``)."""
+    """A systemd-boot loader entry; its OS is the folder holding the kernel (``/<os>/vmlinuz``).
+    None for an entry with no kernel (an ISO's GRUB: the stick's alone)."""
     keys: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.strip().partition(" ")
@@ -55,16 +63,19 @@ def menus(entries: list[BootEntry], timeout_s: int = 3) -> dict[str, str]:
     files["loader/loader.conf"] = f"default {ids[entries[0].os]}.conf\ntimeout {timeout_s}\neditor no\n" \
                                   "console-mode keep\n"
     for i, e in enumerate(entries):
-        files[f"loader/entries/{ids[e.os]}.conf"] = (
-            f"title {e.title}\nsort-key {10 * (i + 1):02d}\nlinux {e.linux}\ninitrd {e.initrd}\n"
-            f"options {e.options}\n")
+        head = f"title {e.title}\nsort-key {10 * (i + 1):02d}\n"
+        body = f"efi {e.efi}\n" if e.efi else f"linux {e.linux}\ninitrd {e.initrd}\noptions {e.options}\n"
+        files[f"loader/entries/{ids[e.os]}.conf"] = head + body
     txt = ["Boot menu (type a name and Enter; the first is the default):"]
     txt += [f"  {e.os:<12} {e.title}" for e in entries]
     files["syslinux/boot.txt"] = "\n".join(txt) + "\n"
     cfg = ["SERIAL 0 115200", "CONSOLE 1", "PROMPT 1", f"TIMEOUT {timeout_s * 10}", "DISPLAY boot.txt",
            f"DEFAULT {entries[0].os}", ""]
     for e in entries:
-        cfg += [f"LABEL {e.os}", f"  KERNEL {e.linux}", f"  INITRD {e.initrd}", f"  APPEND {e.options}", ""]
+        if e.bios:
+            cfg += [f"LABEL {e.os}", f"  KERNEL {e.bios}", ""]
+        else:
+            cfg += [f"LABEL {e.os}", f"  KERNEL {e.linux}", f"  INITRD {e.initrd}", f"  APPEND {e.options}", ""]
     files["syslinux/syslinux.cfg"] = "\n".join(cfg)
     return files
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.firstboot import journal
-from agent.firstboot.bootmenu import Fat, rewrite, stick_entries, with_root
+from agent.firstboot.bootmenu import ISOBOOT_DIR, Fat, rewrite, stick_entries, with_root
 from agent.firstboot.ext4 import Ext4, dump_tree, place_tree
 from agent.firstboot.gpt import (
     ESP_TYPE,
@@ -283,6 +283,7 @@ def write_boot(req: Request, plan: Plan, stage: str) -> None:
     # Menu order: the role's order, but its default system OS first.
     present = {e.os for e in entries}
     keep = [plan.default_os] + [o for o in req.oses if o != plan.default_os and o in present]
+    esp.delete_tree(f"/{ISOBOOT_DIR}")  # the stick's ISO entries: their ISOs are not copied
     with tempfile.TemporaryDirectory(prefix="clusterctl-boot.") as tmp:
         rewrite(esp, entries, keep, tmp)
 

@@ -171,7 +171,8 @@ OS = Record(
     "operating system",
     [
         Field("kind", Choice(("system", "rescue", "iso")),
-              "system: an installed Debian; rescue: runs from RAM; iso: a user's bootable ISO", default="system"),
+              "system: an installed Debian; rescue: runs from RAM; iso: a user's bootable ISO, on a "
+              "usb-installer stick's menu (booted through the ISO's /boot/grub/loopback.cfg)", default="system"),
         Field("distro", Choice(("debian",)), "the distribution", default="debian",
               only_when=("kind", ("system", "rescue"))),
         Field("suite", Choice(SUITES), "the Debian suite", default="bookworm",
@@ -239,7 +240,9 @@ IMAGE = Record(
         Field("host", Ref("hosts"), "the host of a disk or cloud image", only_when=("type", ("disk", "cloud"))),
         Field("size", Size(), "the image's size", default=8 * 1024**3),
         Field("format", Choice(("raw", "qcow2")), "raw (with a .bmap) or qcow2", default=_default_format),
-        Field("isos", ListOf(Path(directory=False)), "bootable ISO files offered on the stick's menu", default=[],
+        Field("isos", ListOf(Path(directory=False)),
+              "bootable ISO files on the stick's menu, one entry each, named after the file (each must "
+              "ship /boot/grub/loopback.cfg, as Debian live, Ubuntu and Arch do)", default=[],
               only_when=("type", ("usb-installer",))),
     ],
 )

@@ -82,6 +82,32 @@ def check_images(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]
             check_distinguishable(ctx, data, members, marks[name], f"images.{name}.hosts")
 
 
+def check_image_isos(ctx: CheckContext, raw: Any, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    """A stick's ISO files become menu entries named after them: no two alike, none an OS's name."""
+    from builder.profile.yamlsource import mark_of_key
+    from builder.stages.isoboot import iso_entry_name
+
+    oses = _section(data, "oses")
+    for name, image in _section(data, "images").items():
+        isos = image.get("isos") if isinstance(image, dict) else None
+        if not isinstance(isos, list):
+            continue
+        raw_list = raw.get("images", {}).get(name, {}).get("isos") if isinstance(raw, dict) else None
+        seen: dict[str, int] = {}
+        for i, path in enumerate(isos):
+            if not isinstance(path, str):
+                continue
+            entry = iso_entry_name(path)
+            mark = mark_of_key(raw_list, i, _raw_mark(raw, ("images", name, "isos"), marks[name]))
+            where = f"images.{name}.isos[{i}]"
+            if entry in oses:
+                ctx.error(mark, where, f'its menu entry would be "{entry}", the name of an OS: rename the file')
+            elif entry in seen:
+                ctx.error(mark, where, f'its menu entry would be "{entry}", as for isos[{seen[entry]}]: '
+                          "rename one of the files")
+            seen.setdefault(entry, i)
+
+
 def check_distinguishable(ctx: CheckContext, data: dict[str, Any], members: list[str], mark: Mark,
                           path: str) -> None:
     """Hosts on one universal stick must be told apart by their selectors or pins."""
@@ -172,6 +198,7 @@ def check_whole(ctx: CheckContext, raw: Any, data: dict[str, Any], boards: set[s
     check_volumes(ctx, raw, data, marks["roles"])
     assign_addresses(ctx, data, marks["hosts"])
     # Distinguishability needs every reference to be sound; judge it only then.
+    check_image_isos(ctx, raw, data, marks["images"])
     check_images(ctx, data, marks["images"], distinguish=not ctx.diag)
 
 

@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agent.firstboot.bootmenu import BootEntry, menus
+from agent.firstboot.bootmenu import ISOBOOT_DIR, BootEntry, menus
+from builder.stages.isoboot import build_grub_pair
 from builder.tools import LineSink, ToolRunner
 
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -43,14 +44,22 @@ def loader_files(entries: list[dict[str, Any]], default: str, timeout_s: int) ->
     the stick's shape; the default is the first entry."""
     if entries[0]["os"] != default:
         raise ValueError(f"the default OS {default!r} must be the first boot entry")
-    return menus([BootEntry(os=e["os"], title=e["title"], linux=f"/{e['os']}/vmlinuz", initrd=f"/{e['os']}/initrd.img",
-                            options=e["cmdline"]) for e in entries], timeout_s)  # fmt: skip
+    return menus([_boot_entry(e) for e in entries], timeout_s)
+
+
+def _boot_entry(e: dict[str, Any]) -> BootEntry:
+    if e.get("kind") == "iso":
+        return BootEntry(os=e["os"], title=e["title"], linux="", initrd="", options="",
+                         efi=f"/{ISOBOOT_DIR}/{e['os']}.efi", bios=f"/{ISOBOOT_DIR}/{e['os']}.lnx")
+    return BootEntry(os=e["os"], title=e["title"], linux=f"/{e['os']}/vmlinuz", initrd=f"/{e['os']}/initrd.img",
+                     options=e["cmdline"])
 
 
 def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Path]], default: str,
               timeout_s: int, hidden_sectors: int, out: Path, work: Path, log: Path,
               on_line: LineSink | None = None) -> dict[str, Any]:
-    """Make the ESP file ``out``. ``payloads[os] = (kernel, initrd)`` files on the build machine."""
+    """Make the ESP file ``out``. ``payloads[os] = (kernel, initrd)`` files on the build machine;
+    ISO entries get their GRUB programs instead (builder/stages/isoboot.py)."""
     stage = work / "esp"
     (stage / "EFI" / "BOOT").mkdir(parents=True)
     (stage / "EFI" / "systemd").mkdir()
@@ -59,7 +68,12 @@ def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Pat
     for rel, text in loader_files(entries, default, timeout_s).items():
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
         (stage / rel).write_text(text)
+    run = ToolRunner(log, on_line).run
     for e in entries:
+        if e.get("kind") == "iso":
+            (stage / ISOBOOT_DIR).mkdir(exist_ok=True)
+            build_grub_pair(e["os"], e["fs_uuid"], stage / ISOBOOT_DIR, work, run)
+            continue
         kernel, initrd = payloads[e["os"]]
         d = stage / e["os"]
         d.mkdir()
@@ -69,7 +83,6 @@ def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Pat
     size = max(MIN_ESP, (int(content * 1.1) + 32 * MiB + MiB - 1) // MiB * MiB)
     with open(out, "wb") as f:
         f.truncate(size)
-    run = ToolRunner(log, on_line).run
     env = {"MTOOLS_SKIP_CHECK": "1"}
     volid = hashlib.sha256(str(sorted(e["os"] for e in entries)).encode()).hexdigest()[:8]
     run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-i", volid, "-h", str(hidden_sectors), str(out)])

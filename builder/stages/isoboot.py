@@ -1,0 +1,164 @@
+"""ISO files a user supplies, booted from the stick (the spec's "like Ventoy does").
+
+The ISOs sit whole, as files, in their own ext4 partition (made with ``mkfs.ext4 -d``: no
+loop device). Each one gets a boot menu entry that starts a small GRUB (``grub-mkimage``, its
+configuration and modules built in): GRUB loop-mounts the file and hands over to the ISO's own
+``/boot/grub/loopback.cfg``, with ``iso_path`` set to the file's path. That file is the
+convention distributions ship for exactly this (Debian live, Ubuntu, Arch, Kali, GParted and
+Clonezilla among them): it boots their kernel with the argument that makes their initrd find
+the ISO again (``findiso=``, ``iso-scan/filename=``, ``img_loop=``). Ventoy instead patches each
+distribution's initrd as it boots; we do not, so an ISO without loopback.cfg is not bootable
+from a file, and its entry says so on the console (an ``error`` event) instead of guessing.
+
+UEFI: systemd-boot's entry runs the GRUB EFI program (``efi`` key). Legacy BIOS: syslinux loads
+GRUB's i386-pc core with lnxboot.img in front, which makes it look like a Linux kernel to
+syslinux. Both are on the ESP under /isoboot/; first boot removes them from installed disks
+(the ISO partition stays on the stick).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from agent.firstboot.bootmenu import ISOBOOT_DIR
+from builder.tools import LineSink, ToolRunner
+
+GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
+GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
+LNXBOOT = GRUB_PC_DIR / "lnxboot.img"
+ISOS_LABEL = "clusterctl-isos"
+LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+MiB = 1024 * 1024
+
+# Built into every GRUB image: no module files are read at boot.
+COMMON_MODULES = ("part_gpt", "part_msdos", "ext2", "fat", "iso9660", "udf", "loopback", "search",
+                  "search_fs_uuid", "configfile", "normal", "linux", "echo", "test", "serial", "terminal",
+                  "sleep", "reboot", "halt", "regexp", "gzio", "xzio", "lzopio", "zstd", "all_video", "font",
+                  "gfxterm", "chain", "probe", "memdisk", "tar", "terminfo")  # fmt: skip
+EFI_MODULES = (*COMMON_MODULES, "efi_gop", "efi_uga")
+PC_MODULES = (*COMMON_MODULES, "biosdisk", "vbe", "vga")
+
+
+def iso_entry_name(path: str | os.PathLike[str]) -> str:
+    """The menu entry (and syslinux label) of a stick's ``isos:`` file: its name, plainly spelt."""
+    stem = Path(path).name.removesuffix(".iso").removesuffix(".ISO")
+    return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:40] or "iso"
+
+
+def iso_file_name(entry: str) -> str:
+    """The ISO's name in the partition: the entry's name (plain characters: it ends up on the
+    ISO's kernel command line through ``iso_path``)."""
+    return f"{entry}.iso"
+
+
+def _grub_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _event_line(os_name: str, message: str) -> str:
+    import json
+
+    return "CLUSTERCTL " + json.dumps({"event": "error", "stage": "iso", "os": os_name, "message": message})
+
+
+def grub_config(os_name: str, fs_uuid: str) -> str:
+    """The configuration built into one ISO entry's GRUB."""
+    iso_path = f"/{iso_file_name(os_name)}"
+
+    def fail(message: str, indent: str) -> list[str]:
+        # For a person at the screen, and as an event for whoever follows the serial console.
+        return [f"{indent}echo {_grub_quote(message)}", f"{indent}echo {_grub_quote(_event_line(os_name, message))}"]
+
+    return "\n".join([
+        "# clusterctl: boot an ISO file through its own /boot/grub/loopback.cfg",
+        "serial --unit=0 --speed=115200",
+        "terminal_input --append serial",
+        "terminal_output --append serial",
+        "terminfo -g 250x50 serial",  # an event line must not wrap at 80 columns
+        f"set iso_path={iso_path}",
+        "export iso_path",
+        f"if search --no-floppy --fs-uuid --set=isopart {fs_uuid}; then",
+        "  if loopback loop ($isopart)$iso_path; then",
+        "    set root=(loop)",
+        "    if [ -f /boot/grub/loopback.cfg ]; then",
+        "      configfile /boot/grub/loopback.cfg",
+        "    else",
+        *fail(f"{iso_path} has no /boot/grub/loopback.cfg: this ISO cannot be booted from a file", "      "),
+        "    fi",
+        "  else",
+        *fail(f"cannot open {iso_path} in the {ISOS_LABEL} partition", "    "),
+        "  fi",
+        "else",
+        *fail(f"no partition with file system UUID {fs_uuid} ({ISOS_LABEL}) on this machine", "  "),
+        "fi",
+        "",
+    ])
+
+
+def build_grub_pair(os_name: str, fs_uuid: str, out_dir: Path, work: Path, run: Any) -> dict[str, str]:
+    """``<os>.efi`` (UEFI) and ``<os>.lnx`` (BIOS, for syslinux) in ``out_dir``.
+
+    The configuration goes in a memdisk, as grub-mkstandalone does: GRUB runs $prefix/grub.cfg
+    with its full script parser (a config given with ``-c`` runs before it, without ``if``)."""
+    tree = work / f"{os_name}.memdisk"
+    (tree / "boot" / "grub").mkdir(parents=True)
+    (tree / "boot" / "grub" / "grub.cfg").write_text(grub_config(os_name, fs_uuid))
+    memdisk = work / f"{os_name}.memdisk.tar"
+    with tarfile.open(memdisk, "w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.add(tree / "boot", arcname="boot")
+    efi, core, lnx = out_dir / f"{os_name}.efi", work / f"{os_name}.core.img", out_dir / f"{os_name}.lnx"
+    common = ["-p", "(memdisk)/boot/grub", "-m", str(memdisk)]
+    run(["grub-mkimage", "-O", "x86_64-efi", "-d", str(GRUB_EFI_DIR), "-o", str(efi), *common, *EFI_MODULES])
+    run(["grub-mkimage", "-O", "i386-pc", "-d", str(GRUB_PC_DIR), "-o", str(core), *common, *PC_MODULES])
+    with open(lnx, "wb") as f:
+        f.write(LNXBOOT.read_bytes())
+        f.write(core.read_bytes())
+    return {"efi": f"/{ISOBOOT_DIR}/{efi.name}", "bios": f"/{ISOBOOT_DIR}/{lnx.name}"}
+
+
+def grub_files_digest() -> dict[str, str]:
+    """What the GRUB images are made from (part of the ESP's key when it has ISO entries)."""
+    h = hashlib.sha256()
+    for d, mods in ((GRUB_EFI_DIR, EFI_MODULES), (GRUB_PC_DIR, PC_MODULES)):
+        for name in ("kernel.img", *(f"{m}.mod" for m in mods)):
+            p = d / name
+            h.update(f"{p}\0".encode())
+            h.update(p.read_bytes() if p.exists() else b"missing")
+    h.update(LNXBOOT.read_bytes() if LNXBOOT.exists() else b"missing")
+    return {"grub": h.hexdigest()}
+
+
+def iso_partition_size(total: int) -> int:
+    """Room for the files plus ext4's own (about 2 % with no journal), in whole MiB."""
+    return (int(total * 1.03) + 16 * MiB + MiB - 1) // MiB * MiB
+
+
+def build_iso_partition(sources: dict[str, Path], fs_uuid: str, out: Path, work: Path, log: Path,
+                        on_line: LineSink | None = None) -> dict[str, Any]:
+    """The ext4 file holding each ISO as ``<entry>.iso`` (``sources[entry] = the user's file``)."""
+    tree = work / "isos"
+    tree.mkdir()
+    total = 0
+    for name, src in sources.items():
+        dst = tree / iso_file_name(name)
+        try:
+            os.link(src, dst)  # mkfs reads it once; no copy of a multi-GB file to stage it
+        except OSError:
+            shutil.copyfile(src, dst)
+        total += dst.stat().st_size
+    size = iso_partition_size(total)
+    with open(out, "wb") as f:
+        f.truncate(size)
+    # No journal (the stick's ISOs are read, not written) and no features GRUB 2.06's ext2 reader
+    # refuses (newer mke2fs may turn metadata_csum_seed and orphan_file on by default).
+    ToolRunner(log, on_line).run(["mkfs.ext4", "-q", "-F", "-L", ISOS_LABEL, "-U", fs_uuid, "-m", "0",
+                                  "-O", "^has_journal,^metadata_csum_seed,^orphan_file",
+                                  "-E", "root_owner=0:0", "-d", str(tree), str(out)])
+    shutil.rmtree(tree, ignore_errors=True)
+    return {"size": size, "content_bytes": total}

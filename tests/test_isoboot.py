@@ -1,0 +1,171 @@
+"""ISO files on the stick: entry names, the partition, the GRUB programs, menus, plan and profile.
+
+Real tools throughout (mkfs.ext4, debugfs, dumpe2fs, grub-mkimage); booting the ISOs under
+BIOS and UEFI is in tests/test_build_image.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.firstboot.bootmenu import BootEntry, menus, parse_entry
+from builder.filedigest import file_digest
+from builder.plan import make_plan
+from builder.profile import load_profile
+from builder.stages import isoboot
+from tests.test_profile_errors import GOOD, errors_of
+
+MiB = 1024 * 1024
+FS_UUID = "2f2a6b0e-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.mark.parametrize(("path", "entry"), [
+    ("/isos/debian-live-12.8.0-amd64-xfce.iso", "debian-live-12-8-0-amd64-xfce"),
+    ("Test Kit.ISO", "test-kit"), ("ubuntu_24.04.iso", "ubuntu-24-04"), ("...iso", "iso"),
+])  # fmt: skip
+def test_entry_names_are_plain(path: str, entry: str) -> None:
+    assert isoboot.iso_entry_name(path) == entry
+
+
+def test_grub_config_hands_over_to_the_isos_loopback_cfg() -> None:
+    cfg = isoboot.grub_config("live", FS_UUID)
+    assert "set iso_path=/live.iso\nexport iso_path\n" in cfg
+    assert f"search --no-floppy --fs-uuid --set=isopart {FS_UUID}" in cfg
+    assert "loopback loop ($isopart)$iso_path" in cfg and "configfile /boot/grub/loopback.cfg" in cfg
+    # each way of failing is said on the console as an event line
+    assert cfg.count('CLUSTERCTL {"event": "error", "stage": "iso", "os": "live"') == 3
+
+
+def test_iso_partition_holds_the_files_and_grub_can_read_it(tmp_path: Path) -> None:
+    src = tmp_path / "My Live.iso"
+    data = os.urandom(3 * MiB + 123)
+    src.write_bytes(data)
+    fs_uuid = str(uuid.uuid4())
+    out = tmp_path / "isos.ext4"
+    (tmp_path / "work").mkdir()
+    rec = isoboot.build_iso_partition({"my-live": src}, fs_uuid, out, tmp_path / "work", tmp_path / "log")
+    assert rec["content_bytes"] == len(data) and rec["size"] == out.stat().st_size and rec["size"] % MiB == 0
+    dumped = tmp_path / "back.iso"
+    subprocess.run(["debugfs", "-R", f"dump /my-live.iso {dumped}", str(out)], check=True, capture_output=True)
+    assert dumped.read_bytes() == data
+    head = subprocess.run(["dumpe2fs", "-h", str(out)], check=True, capture_output=True, text=True).stdout
+    assert f"Filesystem UUID:          {fs_uuid}" in head and isoboot.ISOS_LABEL in head
+    features = head.split("Filesystem features:")[1].splitlines()[0].split()
+    assert not {"has_journal", "metadata_csum_seed", "orphan_file"} & set(features)
+    assert not (tmp_path / "work" / "isos").exists()
+
+
+def test_grub_programs_carry_their_config(tmp_path: Path) -> None:
+    out = tmp_path / "isoboot"
+    out.mkdir()
+
+    def run(argv: list[str]) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    paths = isoboot.build_grub_pair("live", FS_UUID, out, tmp_path, run)
+    assert paths == {"efi": "/isoboot/live.efi", "bios": "/isoboot/live.lnx"}
+    efi, lnx = (out / "live.efi").read_bytes(), (out / "live.lnx").read_bytes()
+    assert efi[:2] == b"MZ"  # a PE program for UEFI
+    assert lnx.startswith(isoboot.LNXBOOT.read_bytes()) and lnx[0x202:0x206] == b"HdrS"  # a "Linux kernel"
+    with tarfile.open(tmp_path / "live.memdisk.tar") as tar:
+        assert tar.getnames() == ["boot", "boot/grub", "boot/grub/grub.cfg"]
+        cfg = tar.extractfile("boot/grub/grub.cfg")
+        assert cfg is not None and cfg.read().decode() == isoboot.grub_config("live", FS_UUID)
+
+
+def test_menus_run_the_grub_of_an_iso_entry_and_installs_drop_it() -> None:
+    files = menus([BootEntry("stable", "stable", "/stable/vmlinuz", "/stable/initrd.img", "root=PARTUUID=x rw"),
+                   BootEntry("live", "live (ISO)", "", "", "", efi="/isoboot/live.efi", bios="/isoboot/live.lnx")])
+    entry = files["loader/entries/20-live.conf"]
+    assert entry == "title live (ISO)\nsort-key 20\nefi /isoboot/live.efi\n"
+    assert files["syslinux/syslinux.cfg"].endswith("LABEL live\n  KERNEL /isoboot/live.lnx\n")
+    assert files["loader/loader.conf"].startswith("default 10-stable.conf")
+    assert parse_entry(entry) is None  # first boot keeps only entries with a kernel
+    assert parse_entry(files["loader/entries/10-stable.conf"]) is not None
+
+
+def _iso_profile(tmp_path: Path, extra_image: dict | None = None) -> Path:
+    (tmp_path / "live.iso").write_bytes(b"live\n" * 1000)
+    (tmp_path / "Rescue CD.iso").write_bytes(b"rescue cd\n" * 1000)
+    data = yaml.safe_load(GOOD)
+    data["oses"]["live"] = {"kind": "iso", "path": "live.iso"}
+    data["roles"]["desktop"]["os"].append("live")
+    data["images"]["stick"]["isos"] = ["Rescue CD.iso"]
+    data["images"].update(extra_image or {})
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_plan_puts_isos_last_in_their_own_partition(tmp_path: Path) -> None:
+    p = _iso_profile(tmp_path, {"left-disk": {"type": "disk", "host": "left", "size": "4GiB"}})
+    plan = make_plan(load_profile(p))
+    entries = plan.stages["esp:stick"].inputs["entries"]
+    assert [(e["os"], e["kind"]) for e in entries] == [("stable", "system"), ("rescue", "rescue"),
+                                                       ("live", "iso"), ("rescue-cd", "iso")]
+    assert entries[3]["title"] == "rescue-cd (ISO Rescue CD.iso)"
+    assert "grub-mkimage" in plan.stages["esp:stick"].inputs["tools"] and "grub" in plan.stages[
+        "esp:stick"].inputs["boot_files"]
+    isos = plan.stages["isos:stick"]
+    assert [f["entry"] for f in isos.inputs["files"]] == ["live", "rescue-cd"]
+    assert isos.inputs["files"][0]["sha256"] == file_digest(tmp_path / "live.iso")
+    assert "isos:stick" in plan.stages["image:stick"].deps
+    parts = plan.stages["image:stick"].inputs["partitions"]
+    assert parts[-1]["name"] == "isos" and parts[-1]["type"] == isoboot.LINUX_DATA_TYPE
+    assert {e["fs_uuid"] for e in entries[2:]} == {isos.inputs["fs_uuid"]}
+    assert plan.images["stick"]["oses"] == ["stable", "rescue"]
+    # A disk image has no ISO partition to boot them from: left out, and said.
+    assert plan.images["left-disk"]["oses"] == ["stable", "rescue"] and "isos:left-disk" not in plan.stages
+    assert any("'live' is an ISO" in w and "left-disk" in w for w in plan.warnings)
+    # Images without ISOs have no GRUB in their ESP's key (nothing of theirs is rebuilt for it).
+    assert "grub-mkimage" not in plan.stages["esp:left-disk"].inputs["tools"]
+
+
+def test_a_new_iso_remakes_its_partition_not_the_esp(tmp_path: Path) -> None:
+    p = _iso_profile(tmp_path)
+    before = make_plan(load_profile(p))
+    (tmp_path / "live.iso").write_bytes(b"live, a newer release\n" * 1000)
+    after = make_plan(load_profile(p))
+    assert before.stages["isos:stick"].key != after.stages["isos:stick"].key
+    assert before.stages["esp:stick"].key == after.stages["esp:stick"].key
+    assert before.stages["image:stick"].key != after.stages["image:stick"].key
+
+
+def test_file_digest_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    f, memo = tmp_path / "big.iso", tmp_path / "memo.json"
+    f.write_bytes(b"a" * 1000)
+    first = file_digest(f, memo)
+    assert first == file_digest(f, memo) and len(first) == 64
+    # The memo is what is read while the file is unchanged ...
+    memo.write_text(memo.read_text().replace(first, "MEMO-VALUE"))
+    assert file_digest(f, memo) == "MEMO-VALUE"
+    # ... and a write to the file makes it hash the file again (and forget the old version).
+    f.write_bytes(b"b" * 1000)
+    second = file_digest(f, memo)
+    assert second not in (first, "MEMO-VALUE") and "MEMO-VALUE" not in memo.read_text()
+
+
+def test_iso_names_that_clash_are_located_errors(tmp_path: Path) -> None:
+    (tmp_path / "stable.iso").write_bytes(b"x")
+    (tmp_path / "a b.iso").write_bytes(b"x")
+    (tmp_path / "a-b.iso").write_bytes(b"x")
+    text = GOOD.replace("  stick: {type: usb-installer, hosts: [left, right], size: 4GiB}",
+                        "  stick:\n    type: usb-installer\n    hosts: [left, right]\n"
+                        "    isos: [stable.iso, a b.iso, a-b.iso]")
+    assert errors_of(tmp_path, text) == [
+        'p.yaml:21:12: images.stick.isos[0]: its menu entry would be "stable", the name of an OS: rename the file',
+        'p.yaml:21:33: images.stick.isos[2]: its menu entry would be "a-b", as for isos[1]: rename one of the files',
+    ]
+
+
+def test_an_iso_os_needs_its_file(tmp_path: Path) -> None:
+    text = GOOD.replace("  rescue: {kind: rescue}", "  rescue: {kind: rescue}\n  live: {kind: iso, path: gone.iso}")
+    errs = errors_of(tmp_path, text)
+    assert len(errs) == 1 and errs[0].startswith("p.yaml:7:") and '"gone.iso" does not exist' in errs[0]
