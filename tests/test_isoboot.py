@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from agent.firstboot.bootmenu import BootEntry, menus, parse_entry
+from builder.commands.profile_cmds import plan_rows
 from builder.filedigest import file_digest
 from builder.plan import make_plan
 from builder.profile import load_profile
@@ -126,6 +127,9 @@ def test_plan_puts_isos_last_in_their_own_partition(tmp_path: Path) -> None:
     assert any("'live' is an ISO" in w and "left-disk" in w for w in plan.warnings)
     # Images without ISOs have no GRUB in their ESP's key (nothing of theirs is rebuilt for it).
     assert "grub-mkimage" not in plan.stages["esp:left-disk"].inputs["tools"]
+    # `clusterctl plan` shows the stick's ISO files beside its hosts' OSes.
+    rows = {r["image"]: r for r in plan_rows(load_profile(p))}
+    assert rows["stick"]["isos"] == ["rescue-cd"] and rows["left-disk"]["isos"] == []
 
 
 def test_a_new_iso_remakes_its_partition_not_the_esp(tmp_path: Path) -> None:

@@ -61,7 +61,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def plan_rows(profile: Profile) -> list[dict[str, Any]]:
-    """Per image: its hosts, and per host its role, board and OSes (boot-menu order)."""
+    """Per image: its hosts, and per host its role, board and OSes (boot-menu order); a stick's
+    ISO files' menu entries."""
+    from builder.stages.isoboot import iso_entry_name
+
     data = profile.data
     rows = []
     for name, image in data["images"].items():
@@ -73,7 +76,7 @@ def plan_rows(profile: Profile) -> list[dict[str, Any]]:
             members.append({"host": h, "role": host["role"], "board": host["board"], "os": role["os"]})
         rows.append({"image": name, "type": image["type"], "size": image["size"], "format": image["format"],
                      "path": f"images/{profile.name}/{name}.{'qcow2' if image['format'] == 'qcow2' else 'img'}",
-                     "hosts": members})
+                     "hosts": members, "isos": [iso_entry_name(p) for p in image.get("isos") or []]})
     return rows
 
 
@@ -103,6 +106,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             first = i == 0
             table.add_row(img["image"] if first else "", img["type"] if first else "",
                           m["host"], m["role"], m["board"], ", ".join(m["os"]))
+        if img["isos"]:
+            table.add_row("", "", "(menu only)", "", "", "ISO files: " + ", ".join(img["isos"]))
         table.add_section()
     console.print(table)
     st = Table(title="stages")
