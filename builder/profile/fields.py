@@ -183,7 +183,8 @@ OS = Record(
               only_when=("kind", ("system", "rescue"))),
         Field("overlays", ListOf(Path(directory=True)), "extra overlay folders (Jinja2 file trees)", default=[],
               only_when=("kind", ("system", "rescue"))),
-        Field("cmdline", ListOf(Str(r"\S+", "a kernel argument")), "extra kernel arguments", default=[]),
+        Field("cmdline", ListOf(Str(r"\S+", "a kernel argument")), "extra kernel arguments", default=[],
+              only_when=("kind", ("system", "rescue"))),  # an ISO's kernel line is its loopback.cfg's
         Field("path", Path(directory=False), "the bootable ISO file", required=False,
               only_when=("kind", ("iso",))),
         Field("label", Str(max_length=64), "the boot menu title; defaults to the name and suite"),
