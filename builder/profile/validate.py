@@ -92,20 +92,24 @@ def check_image_isos(ctx: CheckContext, raw: Any, data: dict[str, Any], marks: d
         isos = image.get("isos") if isinstance(image, dict) else None
         if not isinstance(isos, list):
             continue
-        raw_list = raw.get("images", {}).get(name, {}).get("isos") if isinstance(raw, dict) else None
         seen: dict[str, int] = {}
         for i, path in enumerate(isos):
             if not isinstance(path, str):
                 continue
             entry = iso_entry_name(path)
-            mark = mark_of_key(raw_list, i, _raw_mark(raw, ("images", name, "isos"), marks[name]))
-            where = f"images.{name}.isos[{i}]"
             if entry in oses:
-                ctx.error(mark, where, f'its menu entry would be "{entry}", the name of an OS: rename the file')
+                problem = f'its menu entry would be "{entry}", the name of an OS: rename the file'
             elif entry in seen:
-                ctx.error(mark, where, f'its menu entry would be "{entry}", as for isos[{seen[entry]}]: '
-                          "rename one of the files")
-            seen.setdefault(entry, i)
+                problem = f'its menu entry would be "{entry}", as for isos[{seen[entry]}]: rename one of the files'
+            else:
+                seen[entry] = i
+                continue
+            # Located only when there is something to say: the list item, else the list, else the image.
+            node = raw
+            for step in ("images", name, "isos"):
+                node = node.get(step) if isinstance(node, dict) else None
+            mark = mark_of_key(node, i, _raw_mark(raw, ("images", name, "isos"), marks[name]))
+            ctx.error(mark, f"images.{name}.isos[{i}]", problem)
 
 
 def check_distinguishable(ctx: CheckContext, data: dict[str, Any], members: list[str], mark: Mark,

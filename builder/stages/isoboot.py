@@ -19,6 +19,7 @@ syslinux. Both are on the ESP under /isoboot/; first boot removes them from inst
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -66,8 +67,6 @@ def _grub_quote(text: str) -> str:
 
 
 def _event_line(os_name: str, message: str) -> str:
-    import json
-
     return "CLUSTERCTL " + json.dumps({"event": "error", "stage": "iso", "os": os_name, "message": message})
 
 
