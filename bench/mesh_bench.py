@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -74,7 +75,17 @@ def measure_tcp(sh: Shell, host: str, mb: int, runs: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(args.work or tempfile.mkdtemp(prefix="mesh-bench-"))
+    if args.work:
+        return run_in(args, Path(args.work))
+    # A temporary folder holds about 2 GiB of images and guest disks: gone when the run ends.
+    work = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
+    try:
+        return run_in(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
     profile = write_profile(work / "profile", bench=True)
     images = build(profile, work / "images", cache, work / "ca", ["wall-1", "vault"], timeout=3000)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from builder.cache import StageCache
 from builder.plan import describe_plan
 from builder.profile import load_profile
 from hardware.testkit import TestKit
+from tests.diskroom import link_tree, module_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -91,9 +92,13 @@ def _cached(profile: Path, cache: Path, out: Path) -> dict[str, bool]:
     return {r["name"]: r["cached"] for r in describe_plan(load_profile(profile), cache_dir=cache, out_dir=out)}
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    base = tmp_path_factory.mktemp("build")
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with module_workdir(tmp_path_factory, "build") as base:
+        yield _build_after_interruptions(base)
+
+
+def _build_after_interruptions(base: Path) -> dict[str, Any]:
     cache, out = base / "cache", base / "images"
     interrupted = []
     for sig in (signal.SIGKILL, signal.SIGINT):
@@ -273,7 +278,7 @@ def test_clusterctl_flash_to_a_file(built: dict[str, Any], tmp_path: Path) -> No
 def test_interrupted_stages(built: dict[str, Any], tmp_path: Path) -> None:
     """SIGINT and SIGKILL at each later stage; then the build completes."""
     cache = tmp_path / "cache"
-    shutil.copytree(built["cache"], cache)
+    link_tree(built["cache"], cache)
     order = ("overlay", "rootpart", "rescue", "esp", "image")
     data = yaml.safe_load(PROFILE.read_text())
     data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
@@ -352,10 +357,15 @@ def test_a_failed_stage_is_named_with_its_log(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def iso_stick(built: dict[str, Any], testkit: TestKit, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def iso_stick(built: dict[str, Any], testkit: TestKit,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The same stick with an ISO OS for the screens and one more ISO file on its menu, built on
     the first build's cache: only the overlays, the ESP, the ISO partition and the image are made."""
-    base = tmp_path_factory.mktemp("isos")
+    with module_workdir(tmp_path_factory, "isos") as base:
+        yield _build_with_isos(base, built["cache"], testkit)
+
+
+def _build_with_isos(base: Path, cache: Path, testkit: TestKit) -> dict[str, Any]:
     testkit.make_iso(base / "kit.iso")
     testkit.make_iso(base / "No Loopback.iso", loopback=False)
     data = yaml.safe_load(PROFILE.read_text())
@@ -365,7 +375,7 @@ def iso_stick(built: dict[str, Any], testkit: TestKit, tmp_path_factory: pytest.
     data["images"]["stick"]["isos"] = [str(base / "No Loopback.iso")]
     profile = base / "isos.yaml"
     profile.write_text(yaml.safe_dump(data))
-    rc, stdout, err = BuildRun(profile, base / "images", built["cache"]).finish()
+    rc, stdout, err = BuildRun(profile, base / "images", cache).finish()
     assert rc == 0, err
     return {"image": base / "images" / "vesawall" / "stick.img", "events": list(map(json.loads, stdout.splitlines())),
             "manifest": json.loads((base / "images" / "vesawall" / "manifest.json").read_text())}

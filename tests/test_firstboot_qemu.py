@@ -23,6 +23,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from agent.events import parse_line
 from hardware.board import Disk, load_board
 from hardware.qemu import Machine
 from hardware.qemu_cmd import MachinePaths
+from tests.diskroom import module_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +43,14 @@ PROFILE = ROOT / "profiles" / "dual-nano-itx.yaml"
 BOOT, INSTALL = 900.0, 1800.0  # seconds, under TCG on a shared 2-core machine
 
 
-@pytest.fixture(scope="session")
-def dualnano_stick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module")
+def dualnano_stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The universal stick (built once; CLUSTERCTL_TEST_CACHE keeps the stage cache across runs)."""
-    base = tmp_path_factory.mktemp("dualnano")
+    with module_workdir(tmp_path_factory, "dualnano") as base:
+        yield _build_stick(base)
+
+
+def _build_stick(base: Path) -> Path:
     data = yaml.safe_load(PROFILE.read_text())
     data["cluster"]["unattended"] = True
     for osdef in data["oses"].values():

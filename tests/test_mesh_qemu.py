@@ -26,6 +26,7 @@ import pytest
 from hardware.board import load_board
 from hardware.lan import Lan
 from hardware.qemu import Machine
+from tests.diskroom import module_workdir
 from tests.mesh_lab import (
     FOREIGN_HOST,
     LAB_HOSTS,
@@ -44,9 +45,13 @@ MESH = 300.0  # from ready until every peer is mounted
 FOUR_TB = 4 * 10**12
 
 
-@pytest.fixture(scope="session")
-def lab_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    base = tmp_path_factory.mktemp("mesh")
+@pytest.fixture(scope="module")
+def lab_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with module_workdir(tmp_path_factory, "mesh") as base:
+        yield _build_lab(base)
+
+
+def _build_lab(base: Path) -> dict[str, Any]:
     cache = cache_dir(base)
     profile = write_profile(base / "profile")
     foreign_profile = write_profile(base / "profile", foreign=True)
@@ -95,7 +100,11 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(lab_images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(lab_images, tmp_path_factory.mktemp("guests"))
+    with module_workdir(tmp_path_factory, "guests") as guests:
+        yield from _booted_lab(Lab(lab_images, guests), lab_images)
+
+
+def _booted_lab(lab: Lab, lab_images: dict[str, Any]) -> Iterator[Lab]:
     try:
         for h in LAB_HOSTS:
             lab.boot(h, lab_images["images"])
