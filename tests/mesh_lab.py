@@ -38,6 +38,9 @@ PROFILE = ROOT / "profiles" / "vesa-wall.yaml"
 LAB_HOSTS = ("wall-1", "wall-2", "vault")
 FOREIGN_HOST = "wall-3"  # built with another cluster's CA
 BOARDS = {"wall-1": "vesa-mini-pc", "wall-2": "vesa-mini-pc", "wall-3": "vesa-mini-pc", "vault": "storage-box"}
+# Ports with a cable in them (the first N of the board's NICs; else only the first). The storage
+# box has two, both cabled, and no MAC pin: its ports are one active-backup bond.
+CABLED = {"vault": 2}
 
 # Runs a shell command; prints its status, output (bounded) and duration as one event line.
 T_SCRIPT = r'''#!/usr/bin/python3
@@ -185,7 +188,8 @@ def make_machine(host: str, images: Path, workdir: Path, lan: Lan, facts: dict[s
     if isinstance(mac, list):  # a pin may list several MACs; the first is the board's first NIC
         mac = mac[0] if mac else None
     macs = [mac, *[n.mac for n in board.nics[1:]]] if mac else None
-    lans: list[Lan | None] = [lan, *([None] * (len(board.nics) - 1))]
+    cabled = CABLED.get(host, 1)
+    lans: list[Lan | None] = [lan] * cabled + [None] * (len(board.nics) - cabled)
     return Machine(board, workdir / host, boot_image=images / f"{host}.img", as_usb=False, macs=macs, lan=lans,
                    name=host)
 

@@ -201,7 +201,7 @@ def test_root_partition_contents(built: dict[str, Any]) -> None:
     vault = json.loads(_debugfs(img, off, f"cat {tree}/etc/clusterctl/host.json"))
     assert (vault["host"], vault["role"], vault["os"]) == ("vault", "storage", "stable")
     assert _debugfs(img, off, f"cat {tree}/etc/hostname").strip() == "vault"
-    assert "Address=10.44.0." in _debugfs(img, off, f"cat {tree}/etc/systemd/network/50-clusterctl-lan.network")
+    assert "Address=10.44.0." in _debugfs(img, off, f"cat {tree}/etc/systemd/network/50-clusterctl-lan0.network")
     # Per-host secrets: each host's own, readable by root only; none shared from the root's build.
     secret = _debugfs(img, off, "stat /var/lib/clusterctl/hosts/vault/ssh/ssh_host_ed25519_key")
     assert "Mode:  0600" in secret and "User:     0" in secret

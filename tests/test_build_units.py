@@ -89,6 +89,18 @@ def test_overlay_templates_modes_and_links(tmp_path: Path) -> None:
         assert (m.mode, m.uid, m.gid) == (0o600, 0, 42)
 
 
+def test_a_template_that_calls_skip_file_is_left_out(tmp_path: Path) -> None:
+    for name in ("early", "late"):
+        (tmp_path / name / "etc").mkdir(parents=True)
+    (tmp_path / "early" / "etc" / "bond.conf").write_text("from an earlier layer\n")
+    (tmp_path / "late" / "etc" / "bond.conf.j2").write_text("{% if not bonded %}{{ skip_file() }}{% endif %}bond\n")
+    for bonded, want in ((True, b"bond\n"), (False, None)):
+        entries: dict[str, Entry] = {}
+        for name in ("early", "late"):
+            render_layer(tmp_path / name, {"bonded": bonded}, entries)
+        assert (entries["etc/bond.conf"].data if "etc/bond.conf" in entries else None) == want
+
+
 def test_overlay_undefined_variable_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / "f.j2").write_text("{{ nope }}")
@@ -168,13 +180,26 @@ def test_json_reporter_writes_one_object_per_line() -> None:
 
 def test_the_lan_file_matches_a_hosts_pinned_nic_else_every_port() -> None:
     data = load_profile(ROOT / "profiles" / "vesa-wall.yaml").data
-    rendered: dict[str | None, str] = {}
+    net = "etc/systemd/network/"
+    rendered: dict[str | None, dict[str, str]] = {}
     for host in ("wall-2", "vault", None):
         entries: dict[str, Entry] = {}
         render_layer(ROOT / "overlays" / "base", template_context(data, "stable", "stick", host, [], "0"), entries)
-        rendered[host] = entries["etc/systemd/network/50-clusterctl-lan.network"].data.decode()
-    assert "MACAddress=52:54:00:a1:00:02\n" in rendered["wall-2"] and "Name=" not in rendered["wall-2"]
-    assert "Address=10.44.0.12/24" in rendered["wall-2"]
-    assert "MACAddress" not in rendered["vault"] and "Name=en* eth*" in rendered["vault"]
-    assert "Address=10.44.0.14/24" in rendered["vault"]
-    assert "DHCP=yes" in rendered[None] and "Name=en* eth*" in rendered[None]  # the stick's own system
+        rendered[host] = {k.removeprefix(net): e.data.decode() for k, e in entries.items()
+                          if k.startswith(net) and e.kind == "file"}
+    wall2, vault, stick = rendered["wall-2"], rendered["vault"], rendered[None]
+    assert "MACAddress=52:54:00:a1:00:02\n" in wall2["50-clusterctl-lan.network"]
+    # The bond has the MAC of its active port: only Type=ether keeps it from matching the pin.
+    assert all("Type=ether\n" in host["50-clusterctl-lan.network"] for host in rendered.values())
+    assert "Name=" not in wall2["50-clusterctl-lan.network"]
+    assert "MACAddress" not in vault["50-clusterctl-lan.network"]
+    assert "Name=en* eth*" in vault["50-clusterctl-lan.network"]
+    # A fixed address: the ports are members of the bond lan0, which alone holds the address.
+    for host, address in ((wall2, "10.44.0.12/24"), (vault, "10.44.0.14/24")):
+        ports, bond, netdev = (host[f] for f in ("50-clusterctl-lan.network", "50-clusterctl-lan0.network",
+                                                  "50-clusterctl-lan0.netdev"))
+        assert "Bond=lan0\n" in ports and "\nAddress=" not in ports and f"Address={address}\n" in bond
+        assert "Kind=bond" in netdev and "Mode=active-backup" in netdev
+    # The stick's own system asks DHCP on every port and has no bond.
+    assert set(stick) == {"50-clusterctl-lan.network"}
+    assert "DHCP=yes" in stick["50-clusterctl-lan.network"] and "Name=en* eth*" in stick["50-clusterctl-lan.network"]

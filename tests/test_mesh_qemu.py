@@ -28,6 +28,7 @@ from hardware.lan import Lan
 from hardware.qemu import Machine
 from tests.diskroom import module_workdir
 from tests.mesh_lab import (
+    CABLED,
     FOREIGN_HOST,
     LAB_HOSTS,
     Shell,
@@ -126,9 +127,12 @@ def test_each_host_sees_the_others(lab: Lab) -> None:
     for h in LAB_HOSTS:
         errors = [e for e in lab.machines[h].events if e.get("event") == "error"]
         assert not errors, (h, errors)
-    # The box's second port has no cable: no carrier, so the LAN address sits on the first only.
-    addresses = lab.shells["vault"].ok("ip -4 -o address show scope global").splitlines()
+    # Both of the box's ports are cabled and unpinned: the LAN address is once, on their bond.
+    vault = lab.shells["vault"]
+    addresses = vault.ok("ip -4 -o address show scope global").splitlines()
     assert len(addresses) == 1 and lab.info["facts"]["vault"]["address"] in addresses[0], addresses
+    assert addresses[0].split()[1] == "lan0", addresses
+    assert len(bond_ports(vault)) == 2
     for h in LAB_HOSTS:
         sh = lab.shells[h]
         others = sorted(set(LAB_HOSTS) - {h})
@@ -189,12 +193,47 @@ def test_peer_state_is_the_peers_real_state(lab: Lab) -> None:
     assert float(w1.ok("cat /n/vault/os/uptime")) > first
 
 
+def bond_ports(sh: Shell) -> list[str]:
+    return sh.ok("cat /sys/class/net/lan0/bonding/slaves").split()
+
+
+def active_port(sh: Shell) -> str:
+    return sh.ok("cat /sys/class/net/lan0/bonding/active_slave").strip()
+
+
+def test_pulling_the_active_ports_cable_moves_the_traffic_to_the_other(lab: Lab) -> None:
+    w1, vault = lab.shells["wall-1"], lab.shells["vault"]
+    vault_m, w1m = lab.machines["vault"], lab.machines["wall-1"]
+    first = active_port(vault)
+    # The ports keep their own MACs (FailOverMACPolicy=active): that says which NIC is active.
+    mac = vault.ok(f"cat /sys/class/net/{first}/address").strip()
+    nic = [n.mac for n in load_board("storage-box").nics].index(mac)
+    seen = len(w1m.events)
+    vault_m.set_link(nic, up=False)
+    try:
+        # Reads go on: each finishes (no hang past t's limit) and the mount is never lost.
+        r = w1.run("for i in $(seq 20); do head -c 65536 /n/vault/fs/drive/blob > /dev/null || exit 1; sleep 0.5; "
+                   "done", timeout=120, limit=110)
+        assert r["rc"] == 0, r
+        assert active_port(vault) not in ("", first) and len(bond_ports(vault)) == 2
+        assert not [e for e in w1m.events[seen:] if e.get("event") == "peer" and e.get("peer") == "vault"]
+        # The address moved with the active port's MAC: a gratuitous ARP told wall-1.
+        now = active_port(vault)
+        mac = vault.ok(f"cat /sys/class/net/{now}/address").strip()
+        assert mac == vault.ok("cat /sys/class/net/lan0/address").strip()
+        assert mac in w1.ok(f"ip neigh show {lab.info['facts']['vault']['address']}"), mac
+    finally:
+        vault_m.set_link(nic, up=True)
+
+
 def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> None:
     w1 = lab.shells["wall-1"]
     w1.ok("head -c 4096 /n/vault/fs/drive/blob > /dev/null")
     vault_m, w1m = lab.machines["vault"], lab.machines["wall-1"]
+    ports = range(CABLED["vault"])  # the box is off the LAN only when both its cables are out
     seen = len(w1m.events)
-    vault_m.set_link(0, up=False)
+    for nic in ports:
+        vault_m.set_link(nic, up=False)
     # Read until a read fails; the guest times it (ms). A hang would end at t's own limit.
     r = w1.run("s=$(date +%s%N); while head -c 4096 /n/vault/fs/drive/blob >/dev/null 2>&1; do sleep 0.2; done; "
                "e=$(date +%s%N); echo $(( (e - s) / 1000000 )); timeout 15 cat /n/vault/fs/drive/blob >/dev/null; "
@@ -207,7 +246,8 @@ def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> N
     wait_until(w1m, lambda ev: any(e.get("event") == "peer" and e.get("peer") == "vault" and e.get("state") == "lost"
                                    for e in ev[seen:]), "vault lost", 30)
     seen = len(w1m.events)
-    vault_m.set_link(0, up=True)
+    for nic in ports:
+        vault_m.set_link(nic, up=True)
     wait_until(w1m, lambda ev: "vault" in mounted(ev[seen:]), "vault mounted again", 120)
     digest = lab.shells["vault"].ok("sha256sum < /srv/drive/blob").split()[0]
     assert w1.ok("sha256sum < /n/vault/fs/drive/blob", 120).split()[0] == digest

@@ -2,7 +2,8 @@
 
 Layers apply in order (base, os/<name>, the profile's OS overlays, then role and host
 layers); a later layer's file replaces an earlier one's. Files named ``*.j2`` are templates
-(rendered, suffix dropped); others are copied as they are. Every entry is owned by root with
+(rendered, suffix dropped; a template that calls ``skip_file()`` is left out, for files that
+only some hosts have); others are copied as they are. Every entry is owned by root with
 mode 0644 (0755 when the source is executable, 0755 for folders) unless the layer's
 ``overlay.yaml`` says otherwise::
 
@@ -48,10 +49,20 @@ class OverlayError(ValueError):
     pass
 
 
+class SkipFile(Exception):
+    """Raised by a template's ``skip_file()``: this host has no such file."""
+
+
+def _skip_file() -> str:
+    raise SkipFile
+
+
 def _env(layer: Path) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(layer)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False, trim_blocks=True,
-                              lstrip_blocks=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(layer)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False, trim_blocks=True,
+                             lstrip_blocks=True)
+    env.globals["skip_file"] = _skip_file
+    return env
 
 
 def _mode(text: Any, where: str) -> int:
@@ -91,6 +102,9 @@ def render_layer(layer: Path, context: dict[str, Any], entries: dict[str, Entry]
                 rel = rel[:-3]
                 try:
                     data = env.get_template((rel_dir / f).as_posix()).render(**context).encode()
+                except SkipFile:
+                    entries.pop(prefix + rel, None)  # nor an earlier layer's version of it
+                    continue
                 except jinja2.TemplateError as err:
                     raise OverlayError(f"{src}: {err}") from err
             else:
