@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -18,6 +19,11 @@ from typing import Any
 from agent.events import parse_line
 
 Event = dict[str, Any]
+
+# The kernel's own boot, from its banner to starting init (or the first event): where an
+# emulator hang shows as silence (see Machine's stall_reset_after).
+KERNEL_START = re.compile(r"Linux version \d")
+KERNEL_DONE = re.compile(r"Run /\S+ as init process|Freeing unused kernel|systemd\[1\]|Welcome to ")
 
 
 class Console:
@@ -31,6 +37,9 @@ class Console:
         self.times: list[float] = []  # seconds since start, one per event
         self.closed = False
         self._partial = b""
+        self.last_output = time.monotonic()
+        self.in_kernel = False  # between KERNEL_START and KERNEL_DONE
+        self.watchdog: Callable[[], None] | None = None  # called while someone waits
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"console:{log_path.parent.name}", daemon=True)
         self._thread.start()
@@ -56,6 +65,7 @@ class Console:
 
     def _feed(self, chunk: bytes) -> None:
         with self._cond:  # an RLock: wait()'s checks may call tail() while holding it
+            self.last_output = time.monotonic()
             *complete, self._partial = (self._partial + chunk).split(b"\n")
             for raw in complete:
                 self._line(raw)
@@ -65,8 +75,13 @@ class Console:
         text = raw.decode("utf-8", "replace").replace("\r", "")
         self.lines.append(text)
         self.line_count += 1
+        if KERNEL_START.search(text):
+            self.in_kernel = True
+        elif self.in_kernel and KERNEL_DONE.search(text):
+            self.in_kernel = False
         event = parse_line(text)
         if event is not None:
+            self.in_kernel = False
             self.events.append(event)
             self.times.append(time.monotonic() - self.started)
 
@@ -78,6 +93,8 @@ class Console:
                 result = check()
                 if result or self.closed:
                     return result
+                if self.watchdog is not None:
+                    self.watchdog()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -87,6 +104,14 @@ class Console:
         """Complete lines received after the first ``count`` (as many as are still kept)."""
         new = self.line_count - count
         return list(self.lines)[-new:] if new > 0 else []
+
+    def note(self, text: str) -> None:
+        """A line of the driver's own in the log and the tail (not from the guest)."""
+        with self._cond:
+            line = f"[clusterctl driver] {text}"
+            self.lines.append(line)
+            with self.log_path.open("a") as log:
+                log.write(f"\n{line}\n")
 
     def send(self, text: str | bytes) -> None:
         data = text.encode() if isinstance(text, str) else text

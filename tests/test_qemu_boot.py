@@ -89,6 +89,20 @@ def test_a_guest_killed_mid_boot_is_detected(boot_machine: BootMachine, testkit:
     assert m.returncode == -9
 
 
+def test_a_kernel_gone_silent_before_init_gets_one_press_of_reset(boot_machine: BootMachine, testkit: TestKit,
+                                                                  ) -> None:
+    # The kernel's banner is printed at loglevel 5 and up; stopping the guest in the monitor right
+    # after it is the silence of a hung emulator.
+    m = boot_machine("nano-itx", kernel=testkit.kernel, initrd=testkit.initrd,
+                     append=testkit.append().replace("loglevel=4", "loglevel=7"), stall_reset_after=5.0)
+    m.wait_for_line(r"Linux version \d", timeout=BOOT_TIMEOUT)
+    m.qmp("stop")
+    m.wait_for("ready", timeout=BOOT_TIMEOUT)
+    assert m.stall_resets == 1
+    assert len([e for e in m.events if e["event"] == "started"]) == 1  # the first boot never got to init
+    assert "pressing reset (once)" in m.paths.console_log.read_text(errors="replace")
+
+
 def test_a_wait_that_never_ends_fails_at_its_deadline_with_the_console(
     boot_machine: BootMachine, testkit: TestKit, tmp_path: Path
 ) -> None:
