@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.diskroom import ROOM_FOR_SLOW, free_bytes, prune_big_files  # noqa: E402
+from tests.diskroom import ROOM_FOR_SLOW, prune_big_files  # noqa: E402
 
 pytest_plugins: list[str] = ["tests.qemu_fixtures"]
 
@@ -27,7 +28,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     where = Path(config.option.basetemp or tempfile.gettempdir())
     while not where.exists():
         where = where.parent
-    free = free_bytes(where)
+    free = shutil.disk_usage(where).free
     if free < ROOM_FOR_SLOW:
         pytest.exit(f"the slow tests need {ROOM_FOR_SLOW / 1024**3:.0f} GiB free under {where}, and it has "
                     f"{free / 1024**3:.1f} GiB: free some space, or run the fast ones alone with -m 'not slow'",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,7 @@ def prune_big_files(root: Path) -> int:
             p = os.path.join(folder, name)
             try:
                 st = os.lstat(p)
-                if os.path.isfile(p) and not os.path.islink(p) and st.st_blocks * 512 >= BIG:
+                if stat.S_ISREG(st.st_mode) and st.st_blocks * 512 >= BIG:
                     os.unlink(p)
                     freed += st.st_blocks * 512
             except OSError:
@@ -60,7 +61,3 @@ def link_tree(src: Path, dest: Path) -> None:
             shutil.copy2(s, d)
 
     shutil.copytree(src, dest, copy_function=place)
-
-
-def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free

@@ -215,10 +215,10 @@ def test_pulling_the_active_ports_cable_moves_the_traffic_to_the_other(lab: Lab)
         r = w1.run("for i in $(seq 20); do head -c 65536 /n/vault/fs/drive/blob > /dev/null || exit 1; sleep 0.5; "
                    "done", timeout=120, limit=110)
         assert r["rc"] == 0, r
-        assert active_port(vault) not in ("", first) and len(bond_ports(vault)) == 2
+        now = active_port(vault)
+        assert now not in ("", first) and len(bond_ports(vault)) == 2
         assert not [e for e in w1m.events[seen:] if e.get("event") == "peer" and e.get("peer") == "vault"]
         # The address moved with the active port's MAC: a gratuitous ARP told wall-1.
-        now = active_port(vault)
         mac = vault.ok(f"cat /sys/class/net/{now}/address").strip()
         assert mac == vault.ok("cat /sys/class/net/lan0/address").strip()
         assert mac in w1.ok(f"ip neigh show {lab.info['facts']['vault']['address']}"), mac

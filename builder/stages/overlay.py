@@ -177,7 +177,7 @@ def template_context(data: dict[str, Any], os_name: str, image_name: str, host: 
         "role": {"name": role, **data["roles"][role]} if role else None,
         "hosts": data["hosts"], "roles": data["roles"], "lan_prefix": prefix,
         # A fixed LAN address goes on the bond of the host's ports (overlays/base/etc/systemd/network).
-        "lan_bond": bool(host and hostdef and hostdef.get("address") and prefix),
+        "lan_bond": bool(hostdef and hostdef.get("address") and prefix),
         "hostname": host or f"{cluster['name']}-installer", "facts": facts, "facts_json": json.dumps(facts, indent=2),
     }
 
