@@ -228,11 +228,11 @@ def _run(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from agent import events
     from agent.mesh import config
     from agent.mesh.daemon import Agent
     from agent.mesh.mounts import MountError, pick_backend
     from agent.mesh.wireguard import MeshError, WireGuard
+    from core import events
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -267,8 +267,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _volumes(args: argparse.Namespace) -> int:
-    from agent import events, volumes
     from agent.mesh.config import ConfigError, role_volumes
+    from core import events, volumes
     from hardware.detect import collect
     from hardware.selectors import SelectorError
 

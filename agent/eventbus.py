@@ -4,7 +4,7 @@ The agent publishes one event per change (a client connected, a file was created
 export, a service changed state, a ctl command ran). Each reader of ``events`` starts at the
 moment it opened the file and each read returns the next event line(s), waiting when there
 are none. Lines use the project's event-stream format (``CLUSTERCTL {json}``, see
-agent/events.py) so one parser reads the console and the 9P stream alike. The last
+core/events.py) so one parser reads the console and the 9P stream alike. The last
 ``keep`` events are kept; a reader that falls further behind skips to the oldest kept.
 """
 
@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any
 
-from agent.events import format_event
+from core.events import format_event
 
 
 class EventBus:

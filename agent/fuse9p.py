@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from agent import events
 from agent.ninep import proto
 from agent.ninep.client import ConnectionClosed, NinePError, TrioClient
+from core import events
 
 ROOT_FID = 1
 ATTR_TIMEOUT = 1.0  # seconds the kernel may trust attributes and names (cache=none-like, but not zero)

@@ -17,12 +17,12 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent import events
 from agent.eventbus import EventBus
 from agent.namespace import AgentNamespace
 from agent.ninep.localfs import Export
 from agent.ninep.server import Server, split_address
 from agent.state import svc
+from core import events
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SVC_POLL_SECONDS = 10.0

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.events import emit
-from agent.firstboot.tools import InstallError, run
+from core.disk.tools import InstallError, run
+from core.events import emit
 from hardware.selectors import (
     SelectorError,
     choose_disk,

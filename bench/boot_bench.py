@@ -35,10 +35,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.firstboot.ext4 import Ext4  # noqa: E402
-from hardware.board import load_board  # noqa: E402
-from hardware.qemu import Machine  # noqa: E402
-from hardware.testkit import TestKit, build_stick, ensure_testkit  # noqa: E402
+from core.disk.ext4 import Ext4  # noqa: E402
+from testdriver.board import load_board  # noqa: E402
+from testdriver.qemu import Machine  # noqa: E402
+from testdriver.testkit import TestKit, build_stick, ensure_testkit  # noqa: E402
 
 BOARDS = {"uefi": "nano-itx", "bios": "nano-itx-storage"}
 

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hardware.lan import Lan  # noqa: E402
+from testdriver.lan import Lan  # noqa: E402
 from tests.mesh_lab import Shell, build, host_facts, make_machine, write_profile  # noqa: E402
 
 BOOT = 900.0

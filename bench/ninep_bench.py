@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.events import parse_line  # noqa: E402
 from agent.ninep import proto  # noqa: E402
 from agent.ninep.client import Client  # noqa: E402
-from agent.ninep.testing import diod_path, diod_server  # noqa: E402
+from core.events import parse_line  # noqa: E402
+from testdriver.ninep_servers import diod_path, diod_server  # noqa: E402
 
 FILE_SIZE = 64 << 20
 META_NAMES = 64

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cache import StageCache
-from builder.plan import Plan, Stage, image_is_current, make_plan, onhost_version
+from builder.plan import ONHOST_PACKAGES, Plan, Stage, image_is_current, make_plan, onhost_version
 from builder.report import Reporter
 from builder.secrets import (
     IDENTITY_IN_ROOT,
@@ -216,7 +216,7 @@ class Builder:
         accounts = {name: read_member_bytes(rootfs.path, where).decode()
                     for name, where in rootfs.record["accounts"].items()}
         out = work / "overlay.tar"
-        onhost = {n: PROJECT_ROOT / n for n in ("agent", "hardware")}
+        onhost = {n: PROJECT_ROOT / n for n in ONHOST_PACKAGES}
         rec = build_overlay(self.data, stage.params, accounts, onhost, self.version, out)
         return rec, out
 

@@ -18,8 +18,8 @@ from builder import __version__
 COMMAND_MODULES: list[str] = [
     "builder.commands.profile_cmds",  # validate, plan, schema, docs
     "builder.commands.build_cmds",  # build, flash
-    "hardware.testcmd",  # boot, test (QEMU)
-    "hardware.inventory_cli",  # inventory (detect, --suggest, --match)
+    "builder.commands.test_cmds",  # boot, test (QEMU)
+    "builder.commands.inventory_cmd",  # inventory (detect, --suggest, --match)
     "agent.cli",  # agent serve, agent mount
 ]
 

@@ -35,7 +35,9 @@ from builder.stages.rootfs import BASE_PACKAGES, RootfsSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS_DIR = PROJECT_ROOT / "overlays"
-ONHOST_PACKAGES = ("agent", "hardware")  # python packages copied into every root
+# The Python packages copied into every root: the host layer and the core below it (never
+# builder/ or testdriver/; tests/test_layers.py checks a built root).
+ONHOST_PACKAGES = ("core", "hardware", "agent")
 
 # Bump a kind's version when its executor starts producing different output for equal inputs.
 EXECUTOR_VERSIONS: dict[str, int] = {"rootfs": 1, "overlay": 1, "rootpart": 1, "rescue": 1, "esp": 1, "isos": 1,

@@ -21,6 +21,7 @@ from functools import lru_cache
 from itertools import combinations
 from typing import Any
 
+from core.units import UnitError, parse_comparison
 from hardware import ledger as ledger_mod
 from hardware.selectors import (
     HOST_KEYS,
@@ -29,7 +30,6 @@ from hardware.selectors import (
     evaluate,
     merge_selectors,
 )
-from hardware.units import UnitError, parse_comparison
 
 OUTCOMES = ("certain", "ambiguous", "none")
 
@@ -64,7 +64,7 @@ class MatchResult:
         return self.candidates[0] if self.outcome == "certain" else None
 
     def event_fields(self) -> dict[str, Any]:
-        """Fields of the ``matched`` event (agent/events.py)."""
+        """Fields of the ``matched`` event (core/events.py)."""
         top = self.candidates[0] if self.candidates else None
         return {
             "host": top.host if top else None,

@@ -5,7 +5,7 @@ disks, nics); each key is one *criterion* that holds or not, with a short reason
 Pins (serial, mac) are identity: they match, contradict, or are absent. A disk selector picks
 the install target among the machine's internal disks.
 
-Runs inside the images: standard library only (plus hardware.units).
+Runs inside the images: standard library only (plus core.units).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from hardware.units import Comparison, UnitError, format_size, parse_comparison
+from core.units import Comparison, UnitError, format_size, parse_comparison
 
 CHASSIS_SYNONYMS = {"notebook": "laptop"}
 

@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from core.units import format_size
 from hardware.selectors import (
     describe_contents,
     disk_holds_data,
@@ -20,7 +21,6 @@ from hardware.selectors import (
     usable_serial,
 )
 from hardware.summary import machine_name
-from hardware.units import format_size
 
 GiB = 1024**3
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.units import format_size
 from hardware.selectors import TYPE_NAMES, describe_contents, has_battery, has_display, internal_disks
-from hardware.units import format_size
 
 REQUIRED = ("system", "cpu", "memory", "disks", "nics", "displays", "power", "boot")
 

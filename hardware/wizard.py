@@ -5,7 +5,7 @@ disk with what is on it now, the OSes to install; then install, pick another hos
 shell (the wizard comes back when the shell exits). Unattended mode (``cluster.unattended`` or
 ``--unattended``) installs without asking when the match is certain and the disk is safe to use.
 
-Emits the ``inventory`` and ``matched`` events (agent/events.py). Writes the decision as JSON for
+Emits the ``inventory`` and ``matched`` events (core/events.py). Writes the decision as JSON for
 the installer and claims the host in the ledger. Runs in the images: Debian python3, python3-rich.
 
     python3 -m hardware.wizard --profile PROFILE.json --inventory INV.json --decision OUT.json
@@ -73,7 +73,7 @@ class Wizard:
         self.console.print(text)
 
     def emit(self, event: str, **fields: Any) -> None:
-        from agent.events import emit
+        from core.events import emit
 
         emit(event, stream=self.events, **fields)
 
@@ -232,17 +232,8 @@ class Wizard:
 
 
 def load_profile_data(path: str) -> dict[str, Any]:
-    """A resolved profile: JSON as the builder puts it on the stick, or YAML (validated when builder is here)."""
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith(".json"):
-        return json.loads(text)
-    try:
-        from builder.profile import load_profile
-    except ImportError:  # inside an image: the stick carries the resolved profile
-        import yaml
-
-        return yaml.safe_load(text)
-    return load_profile(path).data
+    """The resolved profile, as JSON, the way the builder puts it on the stick."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:

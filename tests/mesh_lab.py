@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from hardware.board import load_board
-from hardware.lan import Lan
-from hardware.qemu import Machine, MachineError
+from testdriver.board import load_board
+from testdriver.lan import Lan
+from testdriver.qemu import Machine, MachineError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "vesa-wall.yaml"

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from hardware.board import Board, load_board
-from hardware.lan import Lan
-from hardware.qemu import Machine
-from hardware.testkit import TestKit, ensure_testkit
+from testdriver.board import Board, load_board
+from testdriver.lan import Lan
+from testdriver.qemu import Machine
+from testdriver.testkit import TestKit, ensure_testkit
 
 BootMachine = Callable[..., Machine]
 

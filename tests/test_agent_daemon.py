@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from agent.events import parse_line
 from agent.identity import mesh_prefix
 from agent.mesh.mounts import FuseMount
-from agent.mesh.testing import make_cluster
+from core.events import parse_line
+from testdriver.mesh_etc import make_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 PORT = 15640 + os.getpid() % 1000

@@ -16,9 +16,9 @@ from agent import identity as idm
 from agent.auth import HandshakeError, gate_for
 from agent.mesh.liveness import Prober
 from agent.mesh.supervisor import identity_failure
-from agent.ninep.testing import run
 from agent.peer import connect_authenticated
 from agent.service import serve
+from testdriver.ninep_servers import run
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from agent.mesh import config, discovery, members, mounts, status, wireguard
 from agent.mesh.liveness import MissCounter
-from agent.mesh.testing import make_cluster
+from testdriver.mesh_etc import make_cluster
 
 ROLES = {"storage": {"exports": {"drive": "/srv/drive"}}, "screen": {"exports": {"home": "/home"}}}
 

@@ -25,13 +25,13 @@ from agent import auth
 from agent import identity as idm
 from agent.auth import HandshakeError
 from agent.eventbus import EventBus
-from agent.events import parse_line
 from agent.namespace import AgentNamespace
 from agent.ninep import proto
 from agent.ninep.localfs import Export
 from agent.ninep.server import Server
-from agent.ninep.testing import run
 from agent.peer import connect_authenticated, kernel_mount_argv, open_client
+from core.events import parse_line
+from testdriver.ninep_servers import run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -304,8 +304,8 @@ def test_ca_location_env_and_default(tmp_path: Path) -> None:
 # -- first boot: the chosen host's identity off the stick ------------------------------------
 
 def test_first_boot_installs_the_chosen_hosts_identity(tmp_path: Path) -> None:
-    from agent.firstboot.ext4 import Ext4
     from agent.firstboot.installer import install
+    from core.disk.ext4 import Ext4
     from tests.test_installer import assert_installed, blank, cat, mode, part, request
     from tests.test_installer_stick import HOSTS, SYSTEM_OSES, make_stick
 

@@ -29,7 +29,7 @@ from builder.bmap import read_bmap
 from builder.cache import StageCache
 from builder.plan import describe_plan
 from builder.profile import load_profile
-from hardware.testkit import TestKit
+from testdriver.testkit import TestKit
 from tests.diskroom import link_tree, module_workdir
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,7 @@ def test_root_partition_contents(built: dict[str, Any]) -> None:
     host = json.loads(_debugfs(img, off, "cat /etc/clusterctl/host.json"))
     assert host["host"] is None and host["os"] == "stable" and host["candidates"] == ["wall-1", "wall-2", "wall-3",
                                                                                       "vault"]
-    assert "def emit" in _debugfs(img, off, "cat /usr/lib/clusterctl/agent/events.py")
+    assert "def emit" in _debugfs(img, off, "cat /usr/lib/clusterctl/core/events.py")
     assert "exec /usr/bin/python3 -m agent" in _debugfs(img, off, "cat /usr/bin/clusterctl-agent")
     assert "Mode:  0755" in _debugfs(img, off, "stat /usr/bin/clusterctl-agent")
     passwd = _debugfs(img, off, "cat /etc/passwd")
@@ -308,8 +308,8 @@ def test_interrupted_stages(built: dict[str, Any], tmp_path: Path) -> None:
 
 def _boot(built: dict[str, Any], board: str, workdir: Path, prompt: str | None = None,
           keys: str = "", until: str = "ready") -> dict[str, Any]:
-    from hardware.board import load_board
-    from hardware.qemu import Machine
+    from testdriver.board import load_board
+    from testdriver.qemu import Machine
 
     workdir.mkdir()
     with Machine(load_board(board), workdir, boot_image=built["image"]) as m:

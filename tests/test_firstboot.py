@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agent.events import parse_line
 from agent.firstboot import cmdline, journal
 from agent.firstboot.main import show_unfinished_as_blank
+from core.events import parse_line
 from tests.test_installer import assert_installed, blank, data_disk, run_cli, sha
 from tests.test_installer_stick import make_stick
 

@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.events import parse_line
-from hardware.board import Disk, load_board
-from hardware.qemu import Machine
-from hardware.qemu_cmd import MachinePaths
+from core.events import parse_line
+from testdriver.board import Disk, load_board
+from testdriver.qemu import Machine
+from testdriver.qemu_cmd import MachinePaths
 from tests.diskroom import module_workdir
 
 pytestmark = pytest.mark.slow

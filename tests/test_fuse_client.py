@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import parse_line
 from agent.ninep.localfs import Export
-from agent.ninep.testing import OurServer, diod_path, diod_server
+from core.events import parse_line
+from testdriver.ninep_servers import OurServer, diod_path, diod_server
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from agent.events import parse_line
 from agent.firstboot import journal
-from agent.firstboot.bootmenu import parse_entry, with_root
 from agent.firstboot.installer import Request, _rename_host, install, plan_install
-from agent.firstboot.tools import InstallError
+from core.disk.bootmenu import parse_entry, with_root
+from core.disk.tools import InstallError
+from core.events import parse_line
 from tests.test_installer_stick import HOSTS, ROLE_OSES, make_stick
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +271,7 @@ def test_boot_entries_and_host_names() -> None:
 def test_laying_a_tree_twice_keeps_the_file_system_clean(tmp_path: Path) -> None:
     """debugfs 1.47.0 leaves a half-made folder when told to make one that exists; place_tree
     must only make missing folders (found on a real stick: e2fsck "unconnected directory")."""
-    from agent.firstboot.ext4 import Ext4, place_tree
+    from core.disk.ext4 import Ext4, place_tree
 
     img = blank(tmp_path / "fs.img", 64 * MiB)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.firstboot.bootmenu import BootEntry, menus, parse_entry
 from builder.commands.profile_cmds import plan_rows
 from builder.filedigest import file_digest
 from builder.plan import make_plan
 from builder.profile import load_profile
 from builder.stages import isoboot
+from core.disk.bootmenu import BootEntry, menus, parse_entry
 from tests.test_profile_errors import GOOD, errors_of
 
 MiB = 1024 * 1024

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from hardware.board import load_board
-from hardware.lan import Lan
-from hardware.qemu import Machine
+from testdriver.board import load_board
+from testdriver.lan import Lan
+from testdriver.qemu import Machine
 from tests.diskroom import module_workdir
 from tests.mesh_lab import (
     CABLED,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import parse_line
 from agent.ninep import proto
 from agent.ninep.client import Client
-from agent.ninep.testing import run
 from builder.cli import main
+from core.events import parse_line
+from testdriver.ninep_servers import run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import pytest
 from agent.ninep import proto
 from agent.ninep.client import Client
 from agent.ninep.localfs import Export
-from agent.ninep.testing import OurServer, Running, diod_path, diod_server, run
+from testdriver.ninep_servers import OurServer, Running, diod_path, diod_server, run
 
 ROOT, DIR = 1, 2
 O_RDONLY, O_WRONLY, O_RDWR = proto.L_O_RDONLY, proto.L_O_WRONLY, proto.L_O_RDWR

@@ -19,7 +19,7 @@ from agent.ninep import proto
 from agent.ninep.client import Client
 from agent.ninep.localfs import Export
 from agent.ninep.server import MAX_FIDS
-from agent.ninep.testing import OurServer, run
+from testdriver.ninep_servers import OurServer, run
 
 MSIZE = 65536
 T_TYPES = sorted(t for t in proto.SPECS if t % 2 == 0 or t == proto.RLERROR)

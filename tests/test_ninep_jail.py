@@ -16,7 +16,7 @@ import pytest
 from agent.ninep import proto
 from agent.ninep.client import Client
 from agent.ninep.localfs import Export
-from agent.ninep.testing import OurServer, run
+from testdriver.ninep_servers import OurServer, run
 
 ROOT = 1
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.ninep.localfs import Export
-from agent.ninep.testing import OurServer
+from testdriver.ninep_servers import OurServer
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def qemu() -> str | None:
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, tuple[int, str]], Path]]:
     if qemu() is None:
         pytest.skip("qemu-system-x86_64 is not installed")
-    from hardware import testkit
+    from testdriver import testkit
 
     cache = testkit.DEFAULT_CACHE
     debs = cache / "debs"

@@ -7,19 +7,17 @@ import asyncio
 import errno
 import json
 import os
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.events import parse_line
 from agent.ninep import proto
 from agent.ninep.client import Client
 from agent.ninep.localfs import Export
-from agent.ninep.testing import OurServer, run
 from agent.state import hw, osinfo
+from core.events import parse_line
+from testdriver.ninep_servers import OurServer, run
 
 ROOT = 1
 
@@ -115,14 +113,16 @@ def test_hw_tree_uses_the_inventory(host: OurServer) -> None:
     run(go())
 
 
-def test_hw_inventory_prefers_the_detector(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("hardware.detect")
-    fake.collect = lambda: {"source": "detector", "disks": [{"name": "sda", "size": 1}]}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hardware.detect", fake)
-    assert hw.Inventory()()["source"] == "detector"
-    monkeypatch.setitem(sys.modules, "hardware.detect", None)  # absent: import fails
-    inv = hw.Inventory()()
+def test_hw_inventory_prefers_the_detector() -> None:
+    assert hw.Inventory(collect=lambda: {"source": "detector", "disks": [{"name": "sda", "size": 1}]})()[
+        "source"] == "detector"
+
+    def failing() -> dict[str, object]:  # pyudev missing on a bare machine
+        raise ImportError("No module named 'pyudev'")
+
+    inv = hw.Inventory(collect=failing)()
     assert inv["source"] == "fallback" and inv["memory"]["total"] > 0 and inv["cpu"]["count"] >= 1
+    assert "pyudev" in inv["detect_error"]
 
 
 def test_hw_fallback_reads_sysfs(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_bad_references_all_reported(tmp_path: Path) -> None:
     errs = errors_of(tmp_path, text)
     assert 'p.yaml:9:10: roles.desktop.os[0]: no OS "stabel" (did you mean "stable"?)' in errs
     assert 'p.yaml:15:10: hosts.left.role: no role "dekstop" (did you mean "desktop"?)' in errs
-    assert any(e.startswith('p.yaml:16:26: hosts.right.board: no board "nano-itz" in hardware/boards/') for e in errs)
+    assert any(e.startswith('p.yaml:16:26: hosts.right.board: no board "nano-itz" in testdriver/boards/') for e in errs)
     assert 'p.yaml:18:46: images.stick.hosts[1]: no host "rigth" (did you mean "right"?)' in errs
 
 

@@ -43,7 +43,7 @@ def test_schema_accepts_examples(path: Path) -> None:
     jsonschema.validate(yaml.safe_load(path.read_text()), profile_schema())
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "hardware" / "boards").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "testdriver" / "boards").glob("*.yaml")), ids=lambda p: p.stem)
 def test_schema_accepts_boards(path: Path) -> None:
     jsonschema.validate(yaml.safe_load(path.read_text()), board_schema())
 

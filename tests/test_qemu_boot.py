@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from hardware.board import Board, load_board
-from hardware.qemu import MachineExited, MachineTimeout
-from hardware.testkit import TestKit
+from testdriver.board import Board, load_board
+from testdriver.qemu import MachineExited, MachineTimeout
+from testdriver.testkit import TestKit
 
 if TYPE_CHECKING:
     from tests.qemu_fixtures import BootMachine

@@ -17,9 +17,9 @@ import pytest
 
 from builder.cli import main
 from builder.profile import load_profile
-from hardware.board import load_board
-from hardware.testkit import TestKit, build_stick
-from hardware.testrun import check_event, plan_runs
+from testdriver.board import load_board
+from testdriver.testkit import TestKit, build_stick
+from testdriver.testrun import check_event, plan_runs
 
 pytest_plugins = ["tests.qemu_fixtures"]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardware.board import CHASSIS_TYPES, Board, BoardError, Disk, board_names, load_board
-from hardware.qemu import Machine
-from hardware.qemu_cmd import (
+from testdriver.board import CHASSIS_TYPES, Board, BoardError, Disk, board_names, load_board
+from testdriver.qemu import Machine
+from testdriver.qemu_cmd import (
     MachineConfig,
     MachinePaths,
     MachineSetupError,

@@ -1,4 +1,4 @@
-"""hardware.units: the one grammar for sizes and comparisons (profiles, boards, selectors)."""
+"""core.units: the one grammar for sizes and comparisons (profiles, boards, selectors)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardware.units import Comparison, UnitError, format_size, parse_comparison, parse_size
+from core.units import Comparison, UnitError, format_size, parse_comparison, parse_size
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from agent.events import parse_line
-from agent.firstboot.tools import InstallError
 from agent.mesh.config import ConfigError, role_volumes
 from agent.volumes import VolumeStep, apply, format_disk, plan_volumes, prepare, still_blank
 from builder.profile import ProfileInvalid, load_profile
+from core.disk.tools import InstallError
+from core.events import parse_line
 from tests.test_profile_errors import errors_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from typing import Any
 import pexpect
 import pytest
 
-from agent.events import parse_line
 from builder.profile import load_profile
+from core.events import parse_line
 from tests.hwfixtures import INVENTORIES, ROOT, SYSTEM_PYTHON
 
 PROMPT_YES = r"\[y\] install, \[o\] another host, \[s\] shell, \[q\] quit: "

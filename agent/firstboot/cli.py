@@ -18,9 +18,9 @@ import sys
 import threading
 from typing import TextIO
 
-from agent.events import emit
 from agent.firstboot.installer import Request, StepHook, install
-from agent.firstboot.tools import InstallError
+from core.disk.tools import InstallError
+from core.events import emit
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.firstboot import journal
-from agent.firstboot.bootmenu import ISOBOOT_DIR, Fat, rewrite, stick_entries, with_root
-from agent.firstboot.ext4 import Ext4, dump_tree, place_tree
-from agent.firstboot.gpt import (
+from core.disk.bootmenu import ISOBOOT_DIR, Fat, rewrite, stick_entries, with_root
+from core.disk.ext4 import Ext4, dump_tree, place_tree
+from core.disk.gpt import (
     ESP_TYPE,
     GPT_TAIL,
     ROOT_X86_64_TYPE,
@@ -47,7 +47,7 @@ from agent.firstboot.gpt import (
     read_table,
     write_table,
 )
-from agent.firstboot.tools import InstallError, ext4, run
+from core.disk.tools import InstallError, ext4, run
 
 CHUNK = 4 * MiB
 FIRSTBOOT_LINK = "/etc/systemd/system/multi-user.target.wants/clusterctl-firstboot.service"

@@ -23,10 +23,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.events import emit
 from agent.firstboot import cmdline, journal
 from agent.firstboot.cli import run_install
 from agent.firstboot.installer import Request
+from core.events import emit
 
 PROFILE = "/etc/clusterctl/profile.json"
 FACTS = "/etc/clusterctl/host.json"

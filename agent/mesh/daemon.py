@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import events
 from agent.auth import Gate
 from agent.mesh import discovery
 from agent.mesh.config import AgentConfig, ConfigError
@@ -27,6 +26,7 @@ from agent.mesh.mounts import FuseMount, KernelMount, clear_stale
 from agent.mesh.supervisor import PeerSupervisor
 from agent.mesh.wireguard import WireGuard
 from agent.ninep.localfs import Export
+from core import events
 
 log = logging.getLogger("agent.mesh.daemon")
 

@@ -1,17 +1,18 @@
 """The hardware inventory served under ``hw/``.
 
-The project's detector (hardware.detect.collect(), pyudev based) is the source when it is
-installed; where it is absent (a bare machine running the agent standalone) a small reader of
+The project's detector (hardware.detect.collect(), pyudev based) is the source; where it
+fails (a bare machine without pyudev running the agent standalone) a small reader of
 /sys/class/dmi/id, /proc and /sys/block, /sys/class/net stands in.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Callable
 from typing import Any
+
+from hardware.detect import collect
 
 DMI_FIELDS = ("sys_vendor", "product_name", "product_version", "product_uuid", "product_serial",
               "board_vendor", "board_name", "board_version", "chassis_type", "chassis_vendor",
@@ -24,15 +25,6 @@ def _read(path: str) -> str | None:
             return f.read().strip()
     except OSError:
         return None
-
-
-def _detector() -> Callable[[], dict[str, Any]] | None:
-    try:
-        module = importlib.import_module("hardware.detect")
-    except ImportError:
-        return None
-    collect = getattr(module, "collect", None)
-    return collect if callable(collect) else None
 
 
 def fallback_inventory(sys_root: str = "/sys", proc_root: str = "/proc") -> dict[str, Any]:
@@ -84,8 +76,9 @@ def fallback_inventory(sys_root: str = "/sys", proc_root: str = "/proc") -> dict
 class Inventory:
     """collect() with a short cache: a walk of hw/ renders many files from one inventory."""
 
-    def __init__(self, ttl: float = 5.0) -> None:
+    def __init__(self, ttl: float = 5.0, collect: Callable[[], dict[str, Any]] = collect) -> None:
         self.ttl = ttl
+        self.collect = collect
         self._value: dict[str, Any] | None = None
         self._at = 0.0
 
@@ -95,14 +88,10 @@ class Inventory:
     def __call__(self) -> dict[str, Any]:
         now = time.monotonic()
         if self._value is None or now - self._at > self.ttl:
-            collect = _detector()
-            if collect is not None:
-                try:
-                    value = dict(collect())
-                except Exception as exc:  # the detector is another module: never take hw/ down
-                    value = fallback_inventory()
-                    value["detect_error"] = f"{type(exc).__name__}: {exc}"
-            else:
+            try:
+                value = dict(self.collect())
+            except Exception as exc:  # pyudev missing, or udev unreadable: never take hw/ down
                 value = fallback_inventory()
+                value["detect_error"] = f"{type(exc).__name__}: {exc}"
             self._value, self._at = value, now
         return self._value

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BOARDS_DIR = PROJECT_ROOT / "hardware" / "boards"
+BOARDS_DIR = PROJECT_ROOT / "testdriver" / "boards"
 
 
 @dataclass

@@ -118,6 +118,6 @@ def render_record(path: str, rec: Record) -> str:
 def render_docs() -> str:
     parts: list[Any] = [INTRO, "\n## Profile fields\n"]
     parts += ["\n" + render_record(p, r) for p, r in _records(PROFILE)]
-    parts += ["\n## Board fields (hardware/boards/*.yaml)\n"]
+    parts += ["\n## Board fields (testdriver/boards/*.yaml)\n"]
     parts += ["\n" + render_record(p, r) for p, r in _records(BOARD)]
     return "".join(parts)

@@ -213,7 +213,7 @@ HOST = Record(
     [
         Field("extends", Ref("hosts"), "another host whose settings this one starts from"),
         Field("role", Ref("roles"), "the role this host plays", required=True),
-        Field("board", Ref("boards"), "the machine shape, a name from hardware/boards/", required=True),
+        Field("board", Ref("boards"), "the machine shape, a name from testdriver/boards/", required=True),
         Field("match", HOST_SELECTOR, "further selectors, added to the role's", default={}),
         Field("pin", PIN, "identity pins", default={}),
         Field("install", Record("install", [
@@ -262,7 +262,7 @@ PROFILE = Record(
     doc="A clusterctl profile: one file (plus includes) describing a whole small cluster.",
 )
 
-# --- boards (hardware/boards/*.yaml): what a machine shape looks like and how QEMU imitates it --
+# --- boards (testdriver/boards/*.yaml): what a machine shape looks like and how QEMU imitates it --
 
 BOARD_DISK = Record(
     "board disk",

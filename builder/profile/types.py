@@ -193,7 +193,7 @@ class Size(Kind):
     """A byte count; normalised to an integer number of bytes."""
 
     def check(self, value: Any, ctx: CheckContext, path: str, mark: Mark) -> Any:
-        from hardware.units import UnitError, parse_size
+        from core.units import UnitError, parse_size
 
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             return self.wrong(value, ctx, path, mark)
@@ -216,7 +216,7 @@ class Compare(Kind):
     sizes: bool = False
 
     def check(self, value: Any, ctx: CheckContext, path: str, mark: Mark) -> Any:
-        from hardware.units import UnitError, parse_comparison
+        from core.units import UnitError, parse_comparison
 
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             return self.wrong(value, ctx, path, mark)

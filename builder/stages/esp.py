@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agent.firstboot.bootmenu import ISOBOOT_DIR, BootEntry, menus
 from builder.stages.isoboot import build_grub_pair
 from builder.tools import LineSink, ToolRunner
+from core.disk.bootmenu import ISOBOOT_DIR, BootEntry, menus
 
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
@@ -40,7 +40,7 @@ def boot_files_digest() -> dict[str, str]:
 def loader_files(entries: list[dict[str, Any]], default: str, timeout_s: int) -> dict[str, str]:
     """Text files of both menus: systemd-boot's loader.conf and entries, syslinux.cfg.
 
-    The same writer as first boot's (agent.firstboot.bootmenu), so the installed disk's menus keep
+    The same writer as first boot's (core.disk.bootmenu), so the installed disk's menus keep
     the stick's shape; the default is the first entry."""
     if entries[0]["os"] != default:
         raise ValueError(f"the default OS {default!r} must be the first boot entry")

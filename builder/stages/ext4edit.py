@@ -110,7 +110,7 @@ def place(image: Path, offset: int, puts: list[Put], log: Path) -> None:
         return
     target = f"{image}?offset={offset}"
     # The installer's reader of ext4 folders serves here too (agent/ is importable on the build host).
-    from agent.firstboot.ext4 import Ext4
+    from core.disk.ext4 import Ext4
 
     existing = Ext4(str(image), offset, stage="overlay").existing(folders_of(puts))
     with open(log, "a", encoding="utf-8") as lf:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.firstboot import gpt
 from builder.bmap import write_bmap
 from builder.sparse import copy_sparse
 from builder.stages.esp import GPTMBR
 from builder.tools import LineSink, ToolRunner
+from core.disk import gpt
 
 SECTOR = 512
 ALIGN = 1024 * 1024
@@ -55,7 +55,7 @@ def layout(parts: list[dict[str, Any]], files: dict[str, Path], image_size: int)
 
 
 def sfdisk_script(placed: list[PlacedPartition], disk_uuid: str) -> str:
-    """sfdisk's input for the layout: the same writer as first boot's (agent.firstboot.gpt)."""
+    """sfdisk's input for the layout: the same writer as first boot's (core.disk.gpt)."""
     return gpt.script([gpt.Part(name=p.name, start=p.start, size=p.size, type=p.type, uuid=p.uuid,
                                 legacy_boot=p.legacy_boot) for p in placed], disk_uuid)  # fmt: skip
 

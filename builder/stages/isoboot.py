@@ -27,8 +27,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from agent.firstboot.bootmenu import ISOBOOT_DIR
 from builder.tools import LineSink, ToolRunner
+from core.disk.bootmenu import ISOBOOT_DIR
 
 GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")

@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from agent.firstboot.tools import InstallError, run
+from core.disk.tools import InstallError, run
 
 SECTOR = 512
 MiB = 1024 * 1024

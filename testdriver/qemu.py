@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hardware.board import Board, Disk
-from hardware.console import Console, Event
-from hardware.qemu_cmd import (
+from testdriver.board import Board, Disk
+from testdriver.console import Console, Event
+from testdriver.qemu_cmd import (
     STICK_ID,
     MachineConfig,
     MachinePaths,
@@ -43,10 +43,10 @@ from hardware.qemu_cmd import (
     prepare_files,
     uncabled_nics,
 )
-from hardware.qmp import QMP, QMPError
+from testdriver.qmp import QMP, QMPError
 
 if TYPE_CHECKING:
-    from hardware.lan import Lan
+    from testdriver.lan import Lan
 
 __all__ = ["Machine", "MachineError", "MachineExited", "MachineSetupError", "MachineTimeout"]
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hardware.board import Board
-from hardware.lan import Lan
-from hardware.qemu import Machine, MachineError, MachineExited
+from testdriver.board import Board
+from testdriver.lan import Lan
+from testdriver.qemu import Machine, MachineError, MachineExited
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.events import parse_line
+from core.events import parse_line
 
 Event = dict[str, Any]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hardware.board import Board, BoardError, load_board
-from hardware.lan import LanError
-from hardware.qemu_cmd import MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
-from hardware.testrun import HostResult, HostRun, plan_runs, run_all
+from testdriver.board import Board, BoardError, load_board
+from testdriver.lan import LanError
+from testdriver.qemu_cmd import MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
+from testdriver.testrun import HostResult, HostRun, plan_runs, run_all
 
 EXIT_USAGE = 2
 
@@ -125,10 +125,10 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("boot", help="boot one image on one board, its serial console on this terminal",
-                              description="Boot IMAGE in QEMU on a board from hardware/boards/, as a USB stick "
+                              description="Boot IMAGE in QEMU on a board from testdriver/boards/, as a USB stick "
                               "(default) or the internal disk. The serial console is this terminal: Ctrl-A X quits.")
     p.add_argument("image", help="a built image (raw .img or .qcow2); it is never written to")
-    p.add_argument("--board", required=True, help="a board name (hardware/boards/NAME.yaml) or a board file")
+    p.add_argument("--board", required=True, help="a board name (testdriver/boards/NAME.yaml) or a board file")
     p.add_argument("--internal", action="store_true", help="attach the image as the first internal disk")
     p.add_argument("--workdir", help="keep the machine's disks and firmware variables here (reused next time)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir")

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from agent.firstboot.tools import MTOOLS_ENV, InstallError, fat, run
+from core.disk.tools import MTOOLS_ENV, InstallError, fat, run
 
 _ROOT = re.compile(r"\broot=PARTUUID=[0-9A-Fa-f-]+")
 # The ESP folder of the stick's ISO entries (builder/stages/isoboot.py): their ISOs stay on

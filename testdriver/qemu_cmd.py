@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hardware.board import Board, Disk
+from testdriver.board import Board, Disk
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"

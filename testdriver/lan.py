@@ -2,7 +2,7 @@
 
 Every guest NIC on the LAN plugs into a port of the switch with QEMU's ``-netdev vde``;
 nothing on it has a route to the outside (no user-mode network, no tap). A test pulls one
-guest's cable with QMP ``set_link`` (:meth:`hardware.qemu.Machine.set_link`).
+guest's cable with QMP ``set_link`` (:meth:`testdriver.qemu.Machine.set_link`).
 """
 
 from __future__ import annotations

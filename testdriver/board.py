@@ -1,6 +1,6 @@
 """Board definitions: the shape of a machine (firmware, DMI identity, disks, NICs, display).
 
-A board file in ``hardware/boards/<name>.yaml`` says what first boot will detect on a machine
+A board file in ``testdriver/boards/<name>.yaml`` says what first boot will detect on a machine
 and how QEMU imitates it in tests. Parsing (:func:`board_from_dict`) is kept apart from file
 checking, which the profile's field table does (builder.profile.load_board), so boards and
 profiles obey one set of rules and report mistakes the same located way.
@@ -102,7 +102,7 @@ def board_from_dict(data: dict[str, Any], name: str) -> Board:
 
 
 def board_path(name_or_path: str | os.PathLike[str], boards_dir: Path = BOARDS_DIR) -> Path:
-    """A board name (``nano-itx``) means ``hardware/boards/nano-itx.yaml``; a path means itself."""
+    """A board name (``nano-itx``) means ``testdriver/boards/nano-itx.yaml``; a path means itself."""
     text = os.fspath(name_or_path)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         return Path(text)

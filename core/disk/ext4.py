@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from agent.firstboot.tools import InstallError, ext4
+from core.disk.tools import InstallError, ext4
 
 # debugfs reports these and carries on; anything else on stderr is a failure.
 _BENIGN = re.compile(r"^(debugfs [\d.]+ \(|"
