@@ -154,11 +154,13 @@ def _mount(args: argparse.Namespace) -> int:
                                                   not args.address.rpartition(":")[2].isdigit()):
         return _usage(f"address {args.address!r} is not HOST:PORT or unix:PATH")
     try:
-        from agent.fuse9p import mount
+        import pyfuse3  # noqa: F401  (Debian's python3-pyfuse3: optional, only this command needs it)
     except ImportError as exc:
         print(f"clusterctl agent mount: FUSE support is missing ({exc}); install python3-pyfuse3",
               file=sys.stderr)
         return 1
+    from agent.fuse9p import mount
+
     try:
         sock = None
         if args.identity is not None:

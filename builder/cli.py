@@ -1,26 +1,26 @@
 """The ``clusterctl`` command: parses arguments and hands each subcommand to its module.
 
 Each command module exposes ``register(subparsers)``, which adds its subcommand and sets
-``func`` on the parser's defaults; ``func(args) -> int`` is the exit status. Modules are
-imported lazily-enough (here, at start) that a broken optional module never hides the rest.
+``func`` on the parser's defaults; ``func(args) -> int`` is the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from agent import cli as agent_cli
 from builder import __version__
+from builder.commands import build_cmds, inventory_cmd, profile_cmds, test_cmds
 
 # Order is the order of ``clusterctl --help``.
-COMMAND_MODULES: list[str] = [
-    "builder.commands.profile_cmds",  # validate, plan, schema, docs
-    "builder.commands.build_cmds",  # build, flash
-    "builder.commands.test_cmds",  # boot, test (QEMU)
-    "builder.commands.inventory_cmd",  # inventory (detect, --suggest, --match)
-    "agent.cli",  # agent serve, agent mount
+COMMAND_MODULES = [
+    profile_cmds,  # validate, plan, schema, docs
+    build_cmds,  # build, flash
+    test_cmds,  # boot, test (QEMU)
+    inventory_cmd,  # inventory (detect, --suggest, --match)
+    agent_cli,  # agent serve, agent mount
 ]
 
 EXIT_USAGE = 2
@@ -37,8 +37,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clusterctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

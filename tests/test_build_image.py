@@ -212,6 +212,41 @@ def test_root_partition_contents(built: dict[str, Any]) -> None:
     assert "Mode:  0600" in _debugfs(img, off, "stat /etc/ssh/ssh_host_ed25519_key")
 
 
+def build_machine_modules() -> set[str]:
+    """Paths (relative to a package root) of every module that must never be in an image: the
+    build machine's layer, the tests and the benches."""
+    return {p.relative_to(ROOT).as_posix() for top in ("builder", "testdriver", "tests", "bench")
+            for p in (ROOT / top).rglob("*.py")}
+
+
+def test_root_carries_host_code_only(built: dict[str, Any], tmp_path: Path) -> None:
+    """Every Python file in the built root, read back out of the image: only the host layer and
+    the core, each file the repository's own; no build-machine module and no test helper."""
+    img, off = built["image"], _offset(built["image"], "root-stable")
+    dump = tmp_path / "root"
+    dump.mkdir()
+    for folder in ("/usr/lib/clusterctl", "/usr/local", "/usr/lib/python3/dist-packages", "/root", "/opt"):
+        (dump / folder.strip("/")).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["debugfs", "-R", f"rdump {folder} {(dump / folder.strip('/')).parent}",
+                        f"{img}?offset={off}"], check=True, capture_output=True)
+    shipped = dump / "usr" / "lib" / "clusterctl"
+    ours = sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.py")
+                  if not p.relative_to(shipped).as_posix().startswith("hosts/"))
+    assert {f.split("/")[0] for f in ours} == {"core", "hardware", "agent"}, ours
+    for f in ours:  # each one is the repository's file, byte for byte
+        assert (ROOT / f).read_bytes() == (shipped / f).read_bytes(), f
+    forbidden = build_machine_modules()
+    helper_names = {p.name for p in (ROOT / "testdriver").rglob("*.py")} - {"__init__.py"}
+    bad = [f for f in ours if f in forbidden or f.split("/")[-1] in helper_names]
+    # Nor anywhere Python looks for packages: a pip-installed copy of ours would be one there.
+    sites = [dump / "usr/lib/python3/dist-packages", *dump.glob("usr/local/lib/python3*/*-packages")]
+    assert any(sites[0].iterdir())  # the dump did read Debian's Python packages
+    for site in sites:
+        bad += [f"{site.relative_to(dump)}/{d.name}" for d in site.iterdir()
+                if d.name in ("builder", "testdriver", "tests", "bench", "clusterctl")]
+    assert not bad, bad
+
+
 def test_secrets_stay_out_of_the_cache(built: dict[str, Any]) -> None:
     key_file = built["out"] / "vesawall" / ".secrets" / "vault" / "ssh_host_ed25519_key"
     assert key_file.stat().st_mode & 0o777 == 0o600
