@@ -1,5 +1,6 @@
-"""``clusterctl-agent`` (``python3 -m agent``): the agent's commands on a host, where the
-build machine's ``clusterctl`` is not installed: run, status, serve, mount, identity."""
+"""The host's ``clusterctl`` (``python3 -m agent``; ``/usr/bin/clusterctl`` and its older name
+``clusterctl-agent``): the on-host commands, where the build machine's ``clusterctl`` is not
+installed: status, run, serve, mount, identity, volumes."""
 
 from __future__ import annotations
 
@@ -7,21 +8,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agent.cli import EXIT_USAGE, add_commands
+from agent.cli import add_commands
+from core import exitcodes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clusterctl-agent",
-                                     description="The clusterctl agent on a host (see docs/agent.md).")
+    parser = argparse.ArgumentParser(prog="clusterctl",
+                                     description="clusterctl on a host: the cluster as this host's agent sees it, "
+                                                 "and the agent's own commands (see docs/agent.md). Building "
+                                                 "images is the build machine's clusterctl.")
     add_commands(parser.add_subparsers(dest="agent_command", metavar="COMMAND", title="commands"))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return EXIT_USAGE
+        return exitcodes.USAGE
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
 
 
 if __name__ == "__main__":

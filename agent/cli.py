@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+from core import exitcodes
 
 
 def register(subparsers: Any) -> None:
@@ -103,12 +103,12 @@ def add_commands(sub: Any) -> None:
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
-    return EXIT_USAGE
+    return exitcodes.USAGE
 
 
 def _usage(message: str) -> int:
     print(f"clusterctl agent: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return exitcodes.USAGE
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from agent import cli as agent_cli
 from builder import __version__
 from builder.commands import build_cmds, inventory_cmd, profile_cmds, test_cmds
+from core import exitcodes
 
 # Order is the order of ``clusterctl --help``.
 COMMAND_MODULES = [
@@ -22,8 +23,6 @@ COMMAND_MODULES = [
     inventory_cmd,  # inventory (detect, --suggest, --match)
     agent_cli,  # agent serve, agent mount
 ]
-
-EXIT_USAGE = 2
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -47,12 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return EXIT_USAGE
+        return exitcodes.USAGE
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("clusterctl: interrupted", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -187,8 +187,10 @@ def test_root_partition_contents(built: dict[str, Any]) -> None:
     assert host["host"] is None and host["os"] == "stable" and host["candidates"] == ["wall-1", "wall-2", "wall-3",
                                                                                       "vault"]
     assert "def emit" in _debugfs(img, off, "cat /usr/lib/clusterctl/core/events.py")
-    assert "exec /usr/bin/python3 -m agent" in _debugfs(img, off, "cat /usr/bin/clusterctl-agent")
-    assert "Mode:  0755" in _debugfs(img, off, "stat /usr/bin/clusterctl-agent")
+    assert "exec /usr/bin/python3 -m agent" in _debugfs(img, off, "cat /usr/bin/clusterctl")
+    assert "exec /usr/bin/clusterctl " in _debugfs(img, off, "cat /usr/bin/clusterctl-agent")
+    for program in ("clusterctl", "clusterctl-agent"):
+        assert "Mode:  0755" in _debugfs(img, off, f"stat /usr/bin/{program}")
     passwd = _debugfs(img, off, "cat /etc/passwd")
     assert "admin:x:1000:1000:admin:/home/admin:/bin/bash" in passwd
     keys = _debugfs(img, off, "stat /home/admin/.ssh/authorized_keys")
