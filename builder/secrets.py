@@ -23,6 +23,7 @@ from typing import Any
 from cryptography import x509
 
 from agent import identity as ident
+from core.model import Profile
 
 # ed25519 and ECDSA cover every current OpenSSH client; RSA keys cost ~1 s each to make,
 # which a stick of 16 hosts would feel.
@@ -34,16 +35,20 @@ def installer_identity(image: str) -> str:
     return f"{image}.installer"
 
 
-def image_host_names(data: dict[str, Any]) -> list[str]:
-    """The hosts some image of the resolved profile holds: those that get secrets and identity."""
-    return sorted({h for img in data.get("images", {}).values()
-                   for h in (img.get("hosts") or [img.get("host")]) if h})
+def _model(profile: Profile | dict[str, Any]) -> Profile:
+    return profile if isinstance(profile, Profile) else Profile.from_json(profile)
 
 
-def secret_owners(data: dict[str, Any]) -> list[str]:
+def image_host_names(profile: Profile | dict[str, Any]) -> list[str]:
+    """The hosts some image of the resolved profile (the model, or its JSON) holds: those that
+    get secrets and identity."""
+    return _model(profile).image_hosts()
+
+
+def secret_owners(profile: Profile | dict[str, Any]) -> list[str]:
     """Everything with a secrets folder: the image hosts, then each stick's own (its sshd)."""
-    return image_host_names(data) + [installer_identity(n) for n, img in data.get("images", {}).items()
-                                     if img["type"] == "usb-installer"]
+    model = _model(profile)
+    return model.image_hosts() + [installer_identity(n) for n, img in model.images.items() if img.installer]
 
 
 def secrets_dir(out_dir: Path, cluster: str, host: str) -> Path:

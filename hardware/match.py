@@ -15,12 +15,14 @@ Outcomes: ``certain`` (exactly one candidate, or exactly one pinned candidate), 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from itertools import combinations
 from typing import Any
 
+from core.model import Profile
 from core.units import UnitError, parse_comparison
 from hardware import ledger as ledger_mod
 from hardware.selectors import (
@@ -79,20 +81,54 @@ class MatchResult:
         return {"outcome": self.outcome, "ranked": [c.as_dict() for c in self.ranked]}
 
 
-def effective_selector(profile_data: dict[str, Any], host: str) -> dict[str, Any]:
-    h = (profile_data.get("hosts") or {}).get(host) or {}
-    role = (profile_data.get("roles") or {}).get(h.get("role")) or {}
-    return merge_selectors(role.get("match"), h.get("match"))
+# The profile is the model (core.model.Profile: what host code reads from profile.json), or a
+# plain resolved profile: the builder's validator judges a stick's hosts before the model exists.
+ProfileLike = Profile | Mapping[str, Any]
 
 
-def _judge(profile_data: dict[str, Any], host: str, inventory: dict[str, Any],
+@dataclass(frozen=True)
+class _HostSelectors:
+    role: str | None
+    role_match: Mapping[str, Any] | None
+    host_match: Mapping[str, Any] | None
+    pin: Mapping[str, Any] | None
+
+
+def _host_names(profile: ProfileLike) -> list[str]:
+    hosts = profile.hosts if isinstance(profile, Profile) else (profile.get("hosts") or {})
+    return list(hosts)
+
+
+def _selectors_of(profile: ProfileLike, host: str) -> _HostSelectors | None:
+    """What matching needs of one host: its role, the role's and its own match, its pin."""
+    if isinstance(profile, Profile):
+        h = profile.hosts.get(host)
+        if h is None:
+            return None
+        role_match, host_match = profile.host_selector(host)
+        return _HostSelectors(h.role, role_match, host_match, h.pin)
+    hd = (profile.get("hosts") or {}).get(host)
+    if not isinstance(hd, Mapping):
+        return None
+    role = (profile.get("roles") or {}).get(hd.get("role")) or {}
+    return _HostSelectors(hd.get("role"), role.get("match"), hd.get("match"), hd.get("pin"))
+
+
+def effective_selector(profile: ProfileLike, host: str) -> dict[str, Any]:
+    sel = _selectors_of(profile, host)
+    if sel is None:
+        return {}
+    return merge_selectors(dict(sel.role_match or {}), dict(sel.host_match or {}))
+
+
+def _judge(profile: ProfileLike, host: str, inventory: dict[str, Any],
            claims: dict[str, dict[str, Any]]) -> Candidate:
-    h = (profile_data.get("hosts") or {}).get(host)
-    if not isinstance(h, dict):
+    sel = _selectors_of(profile, host)
+    if sel is None:
         raise KeyError(f"no host {host!r} in the profile")
-    role = h.get("role")
-    criteria = evaluate(effective_selector(profile_data, host), inventory)
-    pins = check_pins(h.get("pin"), inventory)
+    role = sel.role
+    criteria = evaluate(effective_selector(profile, host), inventory)
+    pins = check_pins(dict(sel.pin) if sel.pin else None, inventory)
     total = sum(c.weight for c in criteria)
     held = sum(c.weight for c in criteria if c.ok)
     failed = [c.reason for c in criteria if not c.ok]
@@ -126,12 +162,12 @@ def _judge(profile_data: dict[str, Any], host: str, inventory: dict[str, Any],
     return Candidate(host, role, score, reasons, eligible, pins.matched, excluded)
 
 
-def rank(profile_data: dict[str, Any], inventory: dict[str, Any], ledger: dict[str, Any] | None = None,
+def rank(profile: ProfileLike, inventory: dict[str, Any], ledger: dict[str, Any] | None = None,
          hosts: list[str] | None = None) -> MatchResult:
     """Every host (or those in ``hosts``, e.g. a stick's) judged against this machine, best first."""
-    names = list(hosts) if hosts is not None else list((profile_data.get("hosts") or {}).keys())
+    names = list(hosts) if hosts is not None else _host_names(profile)
     claims = ledger_mod.active_claims(ledger)
-    judged = [_judge(profile_data, n, inventory, claims) for n in names]
+    judged = [_judge(profile, n, inventory, claims) for n in names]
     judged.sort(key=lambda c: (not c.eligible, not c.pinned, -c.score, c.host))
     eligible = [c for c in judged if c.eligible]
     pinned = [c for c in eligible if c.pinned]
@@ -224,7 +260,7 @@ def selector_implies(b: dict[str, Any], a: dict[str, Any]) -> bool:
     return True
 
 
-def _pin_key(pin: dict[str, Any] | None) -> tuple[str | None, frozenset[str]]:
+def _pin_key(pin: Mapping[str, Any] | None) -> tuple[str | None, frozenset[str]]:
     pin = pin or {}
     macs = pin.get("mac")
     macs_list = macs if isinstance(macs, list) else ([macs] if macs else [])
@@ -232,17 +268,17 @@ def _pin_key(pin: dict[str, Any] | None) -> tuple[str | None, frozenset[str]]:
     return (str(serial) if serial is not None else None, frozenset(str(m).lower() for m in macs_list))
 
 
-def indistinguishable_hosts(profile_data: dict[str, Any], host_names: list[str]) -> list[tuple[str, str]]:
+def indistinguishable_hosts(profile: ProfileLike, host_names: list[str]) -> list[tuple[str, str]]:
     """Pairs of hosts no machine could tell apart at first boot from a universal stick.
 
     Two hosts are indistinguishable when neither has a pin and one's selector implies the
     other's (identical, or one a narrower version of the other: the machine of the narrower host
     matches both), or when their pins are identical and so are their selectors.
     """
-    hosts = profile_data.get("hosts") or {}
-    known = [h for h in host_names if isinstance(hosts.get(h), dict)]
-    sel = {h: effective_selector(profile_data, h) for h in known}
-    pins = {h: _pin_key(hosts[h].get("pin")) for h in known}
+    found = {h: _selectors_of(profile, h) for h in host_names}
+    known = [h for h in host_names if found[h] is not None]
+    sel = {h: effective_selector(profile, h) for h in known}
+    pins = {h: _pin_key(found[h].pin) for h in known}  # type: ignore[union-attr]
     out: list[tuple[str, str]] = []
     for a, b in combinations(known, 2):
         sa, sb = sel[a], sel[b]

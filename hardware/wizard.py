@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from rich.markup import escape
 
+from core.model import Profile
 from hardware import ledger as ledger_mod
 from hardware.match import Candidate, MatchResult, rank
 from hardware.selectors import DiskChoice, SelectorError, choose_disk, describe_contents, describe_disk
@@ -50,18 +51,19 @@ class Decision:
 
 
 class Wizard:
-    def __init__(self, profile: dict[str, Any], inventory: dict[str, Any], *, ledger_path: str | None = None,
+    def __init__(self, profile: Profile | dict[str, Any], inventory: dict[str, Any], *, ledger_path: str | None = None,
                  hosts: list[str] | None = None, unattended: bool | None = None, console: Any = None,
                  events: TextIO | None = None, ask: Callable[[str], str] | None = None,
                  shell: str | None = None) -> None:
         from rich.console import Console
 
-        self.profile, self.inventory = profile, inventory
+        # The resolved profile as the builder writes it (profile.json), read through the model.
+        self.profile = profile if isinstance(profile, Profile) else Profile.from_json(profile)
+        self.inventory = inventory
         self.ledger_path = ledger_path
         self.ledger = ledger_mod.load(ledger_path) if ledger_path else None
         self.hosts = hosts
-        cluster = profile.get("cluster") or {}
-        self.unattended = bool(cluster.get("unattended")) if unattended is None else unattended
+        self.unattended = self.profile.cluster.unattended if unattended is None else unattended
         self.console = console or Console(highlight=False)
         self.events = events if events is not None else sys.stdout
         self.ask = ask or (lambda prompt: self.console.input(escape(prompt)))
@@ -78,24 +80,23 @@ class Wizard:
         emit(event, stream=self.events, **fields)
 
     def oses_of(self, role: str | None) -> list[str]:
-        r = (self.profile.get("roles") or {}).get(role) or {}
-        return list(r.get("os") or [])
+        r = self.profile.roles.get(role) if role else None
+        return list(r.os) if r else []
 
     def describe_oses(self, names: list[str]) -> str:
-        oses = self.profile.get("oses") or {}
         out = []
         for i, name in enumerate(names):
-            o = oses.get(name) or {}
-            kind = o.get("kind", "system")
-            what = f"{o.get('distro', 'debian')} {o.get('suite', '')}".strip() if kind == "system" else kind
+            o = self.profile.oses[name]
+            what = f"{o.distro} {o.suite}" if o.kind == "system" else o.kind
             out.append(f"{name} ({what}{', default' if i == 0 else ''})")
         return ", ".join(out) or "none"
 
     def disk_for(self, host: str) -> DiskChoice:
-        h = (self.profile.get("hosts") or {}).get(host) or {}
-        selector = (h.get("install") or {}).get("disk") or {}
+        h = self.profile.hosts.get(host)
+        if h is None:
+            return DiskChoice(None, [], [], f"no host {host!r} in the profile")
         try:
-            return choose_disk(selector, self.inventory)
+            return choose_disk(dict(h.install_disk), self.inventory)
         except SelectorError as e:
             return DiskChoice(None, [], [], str(e))
 
@@ -103,7 +104,7 @@ class Wizard:
 
     def show_found(self) -> None:
         self.say(f"[bold]clusterctl first boot[/bold] — cluster "
-                 f"[bold]{escape(str((self.profile.get('cluster') or {}).get('name', '?')))}[/bold]")
+                 f"[bold]{escape(self.profile.cluster.name)}[/bold]")
         self.say(f"\n[bold]What was found[/bold]: {escape(machine_name(self.inventory))}")
         self.console.print(render(self.inventory))
 
@@ -231,9 +232,9 @@ class Wizard:
 # --- command line (what the first-boot unit runs) ------------------------------------------
 
 
-def load_profile_data(path: str) -> dict[str, Any]:
-    """The resolved profile, as JSON, the way the builder puts it on the stick."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def load_profile_data(path: str) -> Profile:
+    """The resolved profile the builder put on the stick (profile.json), as the model."""
+    return Profile.read(path)
 
 
 def main(argv: list[str] | None = None) -> int:

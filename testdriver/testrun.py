@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.model import Image, Profile
 from testdriver.board import Board
 from testdriver.lan import Lan
 from testdriver.qemu import Machine, MachineError, MachineExited
@@ -53,9 +54,9 @@ class HostResult:
         return self.error is None and [e for e, _ in self.reached if e in self.run.expect] == self.run.expect
 
 
-def image_path(images_dir: Path, name: str, image: dict[str, Any]) -> Path:
+def image_path(images_dir: Path, name: str, image: Image) -> Path:
     """Where ``clusterctl build`` puts an image (same naming as ``clusterctl plan``)."""
-    return images_dir / f"{name}.{'qcow2' if image.get('format') == 'qcow2' else 'img'}"
+    return images_dir / f"{name}.{'qcow2' if image.format == 'qcow2' else 'img'}"
 
 
 def _unique_mac(mac: str, used: set[str]) -> str:
@@ -68,27 +69,27 @@ def _unique_mac(mac: str, used: set[str]) -> str:
     return mac
 
 
-def plan_runs(data: dict[str, Any], images_dir: Path, load_board: Callable[[str], Board],
+def plan_runs(profile: Profile | dict[str, Any], images_dir: Path, load_board: Callable[[str], Board],
               only_hosts: list[str] | None = None) -> list[HostRun]:  # fmt: skip
-    """The host runs of a resolved profile, in image then host order."""
+    """The host runs of a resolved profile (the model, or its JSON), in image then host order."""
+    model = profile if isinstance(profile, Profile) else Profile.from_json(profile)
     runs: list[HostRun] = []
     used_macs: set[str] = set()
     boards: dict[str, Board] = {}
-    for name, image in data.get("images", {}).items():
-        hosts = image.get("hosts") or [image["host"]]
-        for host in hosts:
+    for name, image in model.images.items():
+        for host in image.hosts:
             if only_hosts and host not in only_hosts:
                 continue
-            spec = data["hosts"][host]
-            board = boards.get(spec["board"]) or boards.setdefault(spec["board"], load_board(spec["board"]))
-            pin = spec.get("pin") or {}
-            pinned = pin.get("mac") or []
+            spec = model.hosts[host]
+            board = boards.get(spec.board) or boards.setdefault(spec.board, load_board(spec.board))
+            pin = spec.pin
+            pinned: Any = pin.get("mac") or []
             pinned = [pinned] if isinstance(pinned, str) else list(pinned)
             macs = [pinned[i] if i < len(pinned) else _unique_mac(n.mac, used_macs) for i, n in enumerate(board.nics)]
             used_macs.update(macs)
-            expect = ["matched", "ready"] if image["type"] == "usb-installer" else ["ready"]
+            expect = ["matched", "ready"] if image.installer else ["ready"]
             runs.append(HostRun(
-                host=host, role=spec["role"], board=board, image=name, image_type=image["type"],
+                host=host, role=spec.role, board=board, image=name, image_type=image.type,
                 image_path=image_path(images_dir, name, image), expect=expect, macs=macs,
                 dmi_serial=pin.get("serial"),
             ))  # fmt: skip

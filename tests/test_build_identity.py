@@ -222,12 +222,12 @@ def test_no_secret_in_the_stage_cache(site: Site) -> None:
     needles.append((site.ca / "ca.key").read_text().splitlines()[1].encode())
     assert files_containing(site.cache, needles) == []
     # The stage keys see digests of public halves only.
-    digest = secrets_digest(site.out, "idtest", secret_owners(profile_data(["alpha", "beta"])))
+    digest = secrets_digest(site.out, "idtest", secret_owners(load_profile(site.profile).model))
     assert digest["alpha"] != "to generate" and digest["hosts.json"]
 
 
 def test_rebuild_keeps_every_key_and_reuses_every_stage(site: Site) -> None:
-    owners = secret_owners(profile_data(["alpha", "beta"]))
+    owners = secret_owners(load_profile(site.profile).model)
     before = {h: {n: (site.secrets(h) / n).read_bytes() for n in ident.HOST_FILES} for h in ("alpha", "beta")}
     code = onhost_code_hash()
     site.build_ok()  # brings the overlays up to the on-host code of now (agent/ may be edited while this runs)

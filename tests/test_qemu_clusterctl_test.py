@@ -43,7 +43,7 @@ def test_runs_follow_the_profile_images_hosts_boards_and_pins() -> None:
     data["hosts"]["third"] = {**data["hosts"]["right"], "pin": {"serial": "PIN-3", "mac": "52:54:00:00:00:03"}}
     data["hosts"]["fourth"] = {**data["hosts"]["right"], "pin": {}}
     data["images"]["stick"]["hosts"] += ["third", "fourth"]
-    data["images"]["disk4"] = {"type": "disk", "host": "fourth", "format": "raw"}
+    data["images"]["disk4"] = {"type": "disk", "host": "fourth", "size": 8 * 1024**3, "format": "raw"}
     runs = plan_runs(data, Path("/img"), load_board)
     assert [(r.host, r.image, r.as_usb, r.expect) for r in runs] == [
         ("left", "stick", True, ["matched", "ready"]),

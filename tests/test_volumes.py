@@ -159,13 +159,21 @@ def test_prepare_waits_for_a_late_disk() -> None:
 
 
 def test_role_volumes_reads_the_installed_profile(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PROFILE % textwrap.indent(
+        "drive: {path: /srv/drive, disk: {type: hdd, largest: true}}", "      "))
+    resolved = load_profile(tmp_path / "p.yaml").model
     (tmp_path / "host.json").write_text(json.dumps({"host": "vault", "role": "storage"}))
-    (tmp_path / "profile.json").write_text(json.dumps({"roles": {"storage": {"volumes": DRIVE}}}))
-    assert role_volumes(tmp_path) == ("storage", DRIVE)
+    (tmp_path / "profile.json").write_text(resolved.dumps())  # as the build writes it
+    # DRIVE, with what the field table fills: no wipe, no extra mount options.
+    assert role_volumes(tmp_path) == ("storage", {"drive": {**DRIVE["drive"], "disk": {**DRIVE["drive"]["disk"],
+                                                                                        "wipe": False},
+                                                            "options": []}})
     (tmp_path / "host.json").write_text(json.dumps({"host": None, "role": None}))  # an installer stick
     assert role_volumes(tmp_path) == (None, {})
     (tmp_path / "host.json").write_text(json.dumps({"host": "vault", "role": "storage"}))
-    (tmp_path / "profile.json").write_text(json.dumps({"roles": {"storage": {"volumes": {"drive": "/srv"}}}}))
+    broken = resolved.to_json()
+    broken["roles"]["storage"]["volumes"] = {"drive": "/srv"}
+    (tmp_path / "profile.json").write_text(json.dumps(broken))
     with pytest.raises(ConfigError, match="volumes"):
         role_volumes(tmp_path)
 

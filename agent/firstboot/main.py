@@ -27,6 +27,7 @@ from agent.firstboot import cmdline, journal
 from agent.firstboot.cli import run_install
 from agent.firstboot.installer import Request
 from core.events import emit
+from core.model import Profile
 
 PROFILE = "/etc/clusterctl/profile.json"
 FACTS = "/etc/clusterctl/host.json"
@@ -46,25 +47,26 @@ def show_unfinished_as_blank(inventory: dict[str, Any]) -> list[str]:
     return found
 
 
-def forced_decision(profile: dict[str, Any], inventory: dict[str, Any], host: str, events: TextIO) -> Any:
+def forced_decision(profile: Profile | dict[str, Any], inventory: dict[str, Any], host: str, events: TextIO) -> Any:
     """clusterctl.host=NAME: that host, unless its disk needs a person (then None: ask)."""
     from hardware.selectors import SelectorError, choose_disk
     from hardware.wizard import Decision
 
-    h = (profile.get("hosts") or {}).get(host)
+    model = profile if isinstance(profile, Profile) else Profile.from_json(profile)
+    h = model.hosts.get(host)
     if h is None:
         raise LookupError(f"clusterctl.host={host}: the profile has no such host "
-                          f"(hosts: {', '.join(profile.get('hosts') or {})})")
+                          f"(hosts: {', '.join(model.hosts)})")
     try:
-        choice = choose_disk((h.get("install") or {}).get("disk") or {}, inventory)
+        choice = choose_disk(dict(h.install_disk), inventory)
     except SelectorError as e:
         raise LookupError(str(e)) from None
     if choice.disk is None:
         raise LookupError(f"host {host}: {choice.error}")
     if choice.needs_confirmation:
         return None
-    role = h.get("role")
-    oses = list(((profile.get("roles") or {}).get(role) or {}).get("os") or [])
+    role = h.role
+    oses = list(model.oses_of_host(host))
     why = ["named on the kernel command line (clusterctl.host)"]
     emit("matched", stream=events, host=host, role=role, score=1.0, outcome="forced", why=why,
          chosen_by="cmdline", disk=choice.disk["path"], wipe=choice.holds_data)
@@ -124,7 +126,7 @@ def first_boot(argv: list[str] | None) -> int:
     events = sys.stdout
     try:
         opts = cmdline.read(args.cmdline)
-        profile = json.loads(Path(args.profile).read_text(encoding="utf-8"))
+        profile = Profile.read(args.profile)  # ModelError is a ValueError: a malformed profile.json
         facts = json.loads(Path(args.facts).read_text(encoding="utf-8")) if os.path.exists(args.facts) else {}
     except (OSError, ValueError, cmdline.CmdlineError) as e:
         emit("error", stream=events, stage="firstboot", message=str(e))

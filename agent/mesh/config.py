@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.identity import HostIdentity, IdentityError, check_host_name, load_host_identity
+from core.model import ModelError, Profile, Volume
 
 ETC = Path("/etc/clusterctl")
 WG_PORT = 51820
-DEFAULT_NAMESPACE = "/n"
-DEFAULT_9P_PORT = 564
 
 
 class ConfigError(ValueError):
@@ -49,9 +48,9 @@ class AgentConfig:
     prefix: ipaddress.IPv6Network
     exports: dict[str, str]
     members: dict[str, Member]  # every host of the register, this one included
-    namespace: Path = Path(DEFAULT_NAMESPACE)
-    port: int = DEFAULT_9P_PORT
-    seeds: list[str] = field(default_factory=list)
+    namespace: Path  # cluster.fusion of the profile
+    port: int
+    seeds: list[str]
     wg_port: int = WG_PORT
     lan: str | None = None
 
@@ -93,13 +92,17 @@ def parse_register(data: Any, where: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def role_exports(profile: dict[str, Any], role: str | None) -> dict[str, str]:
-    if not role:
-        return {}
-    exports = ((profile.get("roles") or {}).get(role) or {}).get("exports") or {}
-    if not isinstance(exports, dict):
-        raise ConfigError(f"profile.json: roles.{role}.exports is not a mapping of name to path")
-    return {str(k): str(v) for k, v in exports.items()}
+def read_profile(path: Path) -> Profile:
+    """profile.json, the resolved profile the build wrote, as the model."""
+    try:
+        return Profile.from_json(_read_json(path))
+    except ModelError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def role_exports(profile: Profile, role: str | None) -> dict[str, str]:
+    r = profile.roles.get(role) if role else None
+    return dict(r.exports) if r else {}
 
 
 def role_volumes(etc: Path = ETC) -> tuple[str | None, dict[str, dict[str, Any]]]:
@@ -109,12 +112,10 @@ def role_volumes(etc: Path = ETC) -> tuple[str | None, dict[str, dict[str, Any]]
     role = facts.get("role") if isinstance(facts, dict) else None
     if not role:
         return None, {}
-    profile = _read_json(etc / "profile.json")
-    volumes = ((profile.get("roles") or {}).get(role) or {}).get("volumes") or {}
-    if not isinstance(volumes, dict) or not all(isinstance(v, dict) and isinstance(v.get("path"), str)
-                                                for v in volumes.values()):
-        raise ConfigError(f"{etc / 'profile.json'}: roles.{role}.volumes is not a mapping of name to path and disk")
-    return str(role), volumes
+    profile = read_profile(etc / "profile.json")
+    r = profile.roles.get(role)
+    volumes: dict[str, Volume] = dict(r.volumes) if r else {}
+    return str(role), {name: v.to_json() for name, v in volumes.items()}
 
 
 def load(etc: Path = ETC) -> AgentConfig:
@@ -123,8 +124,7 @@ def load(etc: Path = ETC) -> AgentConfig:
     host = facts.get("host") if isinstance(facts, dict) else None
     if not host:
         raise ConfigError(f"{etc / 'host.json'} names no host (an installer's own system runs no agent)")
-    profile_path = etc / "profile.json"
-    profile: dict[str, Any] = _read_json(profile_path) if profile_path.exists() else {}
+    profile = read_profile(etc / "profile.json")
     ident_dir = etc / "identity"
     try:
         ident = load_host_identity(ident_dir)
@@ -140,20 +140,18 @@ def load(etc: Path = ETC) -> AgentConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{ident_dir / 'mesh.json'}: no valid prefix ({exc})") from None
     register = parse_register(_read_json(ident_dir / "hosts.json"), str(ident_dir / "hosts.json"))
-    hosts = profile.get("hosts") or {}
     members: dict[str, Member] = {}
     for name, entry in register.items():
-        hdef = hosts.get(name) or {}
-        role = hdef.get("role")
+        hdef = profile.hosts.get(name)
+        role = hdef.role if hdef else None
         members[name] = Member(name, ipaddress.IPv6Address(entry["address"]), str(entry["wg_public"]),
-                               role, hdef.get("address"), role_exports(profile, role))
+                               role, hdef.address if hdef else None, role_exports(profile, role))
     if host not in members:
         # The register is what peers know; this host's own facts come from its identity.
         members[host] = Member(host, ident.address, ident.wg_public, facts.get("role"),
                                facts.get("address"), role_exports(profile, facts.get("role")))
-    fusion = (profile.get("cluster") or {}).get("fusion") or {}
+    fusion = profile.cluster.fusion
     return AgentConfig(
         host=host, role=facts.get("role"), cluster=ident.cluster, identity_dir=ident_dir, identity=ident,
         prefix=prefix, exports=role_exports(profile, facts.get("role")), members=members,
-        namespace=Path(fusion.get("namespace") or DEFAULT_NAMESPACE), port=int(fusion.get("port") or DEFAULT_9P_PORT),
-        seeds=[str(s) for s in fusion.get("seeds") or []], lan=facts.get("address"))
+        namespace=Path(fusion.namespace), port=fusion.port, seeds=list(fusion.seeds), lan=facts.get("address"))

@@ -90,18 +90,18 @@ def run_match(args: argparse.Namespace, inv: dict[str, Any]) -> int:
     from hardware.selectors import SelectorError
 
     try:
-        data = load_profile(args.match).data
+        model = load_profile(args.match).model
     except ProfileInvalid as e:
         return fail(str(e))
     except OSError as e:
         return fail(f"{args.match}: {e.strerror or e}")
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
-    unknown = [h for h in hosts or [] if h not in (data.get("hosts") or {})]
+    unknown = [h for h in hosts or [] if h not in model.hosts]
     if unknown:
         return fail(f"--hosts: no host {', '.join(unknown)} in {args.match}")
     try:
         book = ledger_mod.load(args.ledger) if args.ledger else None
-        result = rank(data, inv, book, hosts)
+        result = rank(model, inv, book, hosts)
     except (ledger_mod.LedgerError, SelectorError) as e:
         return fail(str(e))
     if args.json:

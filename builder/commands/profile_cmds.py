@@ -65,18 +65,14 @@ def plan_rows(profile: Profile) -> list[dict[str, Any]]:
     ISO files' menu entries."""
     from builder.stages.isoboot import iso_entry_name
 
-    data = profile.data
+    model = profile.model
     rows = []
-    for name, image in data["images"].items():
-        hosts = image.get("hosts") or [image["host"]]
-        members = []
-        for h in hosts:
-            host = data["hosts"][h]
-            role = data["roles"][host["role"]]
-            members.append({"host": h, "role": host["role"], "board": host["board"], "os": role["os"]})
-        rows.append({"image": name, "type": image["type"], "size": image["size"], "format": image["format"],
-                     "path": f"images/{profile.name}/{name}.{'qcow2' if image['format'] == 'qcow2' else 'img'}",
-                     "hosts": members, "isos": [iso_entry_name(p) for p in image.get("isos") or []]})
+    for name, image in model.images.items():
+        members = [{"host": h, "role": model.hosts[h].role, "board": model.hosts[h].board,
+                    "os": list(model.oses_of_host(h))} for h in image.hosts]
+        rows.append({"image": name, "type": image.type, "size": image.size, "format": image.format,
+                     "path": f"images/{profile.name}/{name}.{'qcow2' if image.format == 'qcow2' else 'img'}",
+                     "hosts": members, "isos": [iso_entry_name(p) for p in image.isos or ()]})
     return rows
 
 

@@ -79,14 +79,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.profile)
     if isinstance(loaded, int):
         return loaded
-    data = loaded.data
+    model = loaded.model
     hosts = args.host or None
-    unknown = sorted(set(hosts or []) - set(data["hosts"]))
+    unknown = sorted(set(hosts or []) - set(model.hosts))
     if unknown:
-        return _usage_error(f"no host {', '.join(unknown)} in {args.profile} (hosts: {', '.join(data['hosts'])})")
+        return _usage_error(f"no host {', '.join(unknown)} in {args.profile} (hosts: {', '.join(model.hosts)})")
     images_dir = Path(args.images) if args.images else Path("images") / loaded.name
     try:
-        runs = plan_runs(data, images_dir, checked_board, hosts)
+        runs = plan_runs(model, images_dir, checked_board, hosts)
     except (ProfileInvalid, BoardError) as err:
         return _usage_error(str(err))
     if not runs:

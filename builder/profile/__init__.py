@@ -1,8 +1,9 @@
 """The cluster profile: load (with includes and extends), check against the field table, resolve.
 
 ``load_profile(path)`` returns a :class:`Profile` whose ``data`` is the resolved profile (plain
-dicts and lists, every default filled) or raises :class:`ProfileInvalid` with every mistake
-found, each located as FILE:LINE:COLUMN.
+dicts and lists, every default filled) and whose ``model`` is the same as the typed
+:class:`core.model.Profile`, or raises :class:`ProfileInvalid` with every mistake found, each
+located as FILE:LINE:COLUMN.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from builder.profile.fields import BOARD, PROFILE
 from builder.profile.types import INVALID, CheckContext
 from builder.profile.validate import check_whole
 from builder.profile.yamlsource import load_yaml_file
+from core import model as core_model
 
 __all__ = [
     "BOARDS_DIR",
@@ -43,6 +46,11 @@ class Profile:
     @property
     def name(self) -> str:
         return str(self.data["cluster"]["name"])
+
+    @cached_property
+    def model(self) -> core_model.Profile:
+        """The resolved profile as the typed model (core.model), made once, on first use."""
+        return core_model.Profile.from_json(self.data)
 
 
 def board_names(boards_dir: Path = BOARDS_DIR) -> set[str]:
