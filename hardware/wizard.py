@@ -13,14 +13,11 @@ the installer and claims the host in the ledger. Runs in the images: Debian pyth
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from rich.markup import escape
@@ -30,8 +27,6 @@ from hardware import ledger as ledger_mod
 from hardware.match import Candidate, MatchResult, rank
 from hardware.selectors import DiskChoice, SelectorError, choose_disk, describe_contents, describe_disk
 from hardware.summary import event_fields, machine_name, render
-
-EXIT_DECIDED, EXIT_QUIT, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass
@@ -227,53 +222,3 @@ class Wizard:
                 self.drop_to_shell()
             elif answer == "q":
                 return None
-
-
-# --- command line (what the first-boot unit runs) ------------------------------------------
-
-
-def load_profile_data(path: str) -> Profile:
-    """The resolved profile the builder put on the stick (profile.json), as the model."""
-    return Profile.read(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="clusterctl-firstboot", description="Recognise this box and confirm the install.")
-    p.add_argument("--profile", required=True, help="the resolved profile (JSON) or a profile YAML")
-    p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
-    p.add_argument("--ledger", help="the claim ledger (JSON) on the stick's CLUSTER partition")
-    p.add_argument("--hosts", help="the stick's hosts, comma separated (default: all)")
-    p.add_argument("--unattended", action="store_true", default=None, help="install without asking when certain")
-    p.add_argument("--decision", help="write the decision (JSON) here for the installer")
-    p.add_argument("--events", help="write events to this file or device (default: stdout)")
-    args = p.parse_args(argv)
-    try:
-        profile = load_profile_data(args.profile)
-        if args.inventory:
-            from hardware.summary import check_inventory
-
-            inventory = check_inventory(json.loads(Path(args.inventory).read_text(encoding="utf-8")), args.inventory)
-        else:
-            from hardware.detect import collect
-
-            inventory = collect(wait_for_udev=True)
-        events = open(args.events, "a", encoding="utf-8") if args.events else None  # noqa: SIM115
-        hosts = [h for h in args.hosts.split(",") if h] if args.hosts else None
-        wizard = Wizard(profile, inventory, ledger_path=args.ledger, hosts=hosts, unattended=args.unattended,
-                        events=events)
-    except Exception as e:  # unreadable files, bad JSON, builder's ProfileInvalid: a message, not a traceback
-        print(f"clusterctl first boot: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        decision = wizard.run()
-    except (EOFError, KeyboardInterrupt):
-        decision = None
-    if decision is None:
-        return EXIT_QUIT
-    if args.decision:
-        Path(args.decision).write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
-    return EXIT_DECIDED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The first-boot service entry (agent/firstboot/main.py) on a captured inventory and image files.
+"""The first-boot service entry (agent/firstboot/flow.py) on a captured inventory and image files.
 
 The nano-ITX desktop's recorded inventory is pointed at a stick image and a sparse target file;
 the real wizard decides (unattended), the real installer writes, events come on stdout.
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.firstboot import cmdline, journal
-from agent.firstboot.main import show_unfinished_as_blank
+from agent.firstboot.flow import show_unfinished_as_blank
 from core.events import parse_line
 from tests.test_installer import assert_installed, blank, data_disk, run_cli, sha
 from tests.test_installer_stick import make_stick
@@ -55,7 +55,7 @@ def firstboot(tmp_path: Path, profile: Path, inventory: Path, line: str) -> tupl
     (tmp_path / "cmdline").write_text(line + "\n")
     (tmp_path / "host.json").write_text(json.dumps({"host": None, "candidates": ["left", "right"]}))
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.firstboot.main", "--cmdline", str(tmp_path / "cmdline"), "--profile",
+        [sys.executable, "-m", "agent.firstboot", "run", "--cmdline", str(tmp_path / "cmdline"), "--profile",
          str(profile), "--facts", str(tmp_path / "host.json"), "--inventory", str(inventory), "--work",
          str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
         env={**os.environ, "COLUMNS": "120"})

@@ -94,8 +94,8 @@ def sha(path: Path) -> str:
 def run_cli(stick: Path, target: Path, host: str = "left", *extra: str) -> tuple[int, list[dict[str, Any]]]:
     role = HOSTS[host]
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.firstboot.cli", "--stick", str(stick), "--target", str(target), "--host", host,
-         "--role", role, "--oses", ",".join(ROLE_OSES[role]), *extra],
+        [sys.executable, "-m", "agent.firstboot", "install", "--stick", str(stick), "--target", str(target),
+         "--host", host, "--role", role, "--oses", ",".join(ROLE_OSES[role]), *extra],
         cwd=ROOT, capture_output=True, text=True, start_new_session=True, timeout=300)
     events = [e for e in map(parse_line, proc.stdout.splitlines()) if e]
     return proc.returncode, events

@@ -136,9 +136,9 @@ def profile_json(tmp_path: Path, dual: dict[str, Any]) -> Path:
 
 
 def test_wizard_reads_profile_json_as_the_model(profile_json: Path, dual: dict[str, Any]) -> None:
-    from hardware.wizard import Wizard, load_profile_data
+    from hardware.wizard import Wizard
 
-    model = load_profile_data(str(profile_json))
+    model = Profile.read(str(profile_json))
     assert isinstance(model, Profile) and model.to_json() == dual
     inv = load_inventory("nano-itx-desktop")
     wiz = Wizard(model, inv, console=_quiet_console(), events=io.StringIO())
@@ -149,20 +149,29 @@ def test_wizard_reads_profile_json_as_the_model(profile_json: Path, dual: dict[s
     assert Wizard(dual, inv, console=_quiet_console(), events=io.StringIO()).profile == model
 
 
-def test_a_malformed_profile_json_stops_the_wizard(tmp_path: Path, dual: dict[str, Any]) -> None:
-    from hardware.wizard import load_profile_data
-
+def test_a_malformed_profile_json_stops_the_wizard(tmp_path: Path, dual: dict[str, Any],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     doc = copy.deepcopy(dual)
     del doc["hosts"]["left"]["install"]
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(ModelError, match=r"profile\.json: hosts\.left: missing 'install'"):
-        load_profile_data(str(path))
+        Profile.read(str(path))
+    # The wizard's command says so in a line and exits 2, no traceback.
+    from agent.firstboot.__main__ import main as firstboot_main
+    from core import exitcodes
+
+    assert firstboot_main(["wizard", "--profile", str(path), "--inventory",
+                           str(ROOT / "tests/fixtures/inventory/storage-box.json")]) == exitcodes.USAGE
+    err = capsys.readouterr().err
+    assert "hosts.left: missing 'install'" in err and "Traceback" not in err
 
 
 def test_firstboot_reads_profile_json_as_the_model(tmp_path: Path, dual: dict[str, Any],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.firstboot.main import EXIT_USAGE, first_boot, forced_decision
+    from agent.firstboot.__main__ import main as firstboot_main
+    from agent.firstboot.flow import forced_decision
+    from core import exitcodes
     from core.events import parse_line
 
     model = Profile.from_json(dual)
@@ -177,10 +186,10 @@ def test_firstboot_reads_profile_json_as_the_model(tmp_path: Path, dual: dict[st
     doc["cluster"]["fusion"]["port"] = "x"
     (tmp_path / "profile.json").write_text(json.dumps(doc))
     (tmp_path / "cmdline").write_text("quiet\n")
-    rc = first_boot(["--cmdline", str(tmp_path / "cmdline"), "--profile", str(tmp_path / "profile.json"),
+    rc = firstboot_main(["run", "--cmdline", str(tmp_path / "cmdline"), "--profile", str(tmp_path / "profile.json"),
                      "--facts", str(tmp_path / "none.json"), "--work", str(tmp_path / "work"), "--dry-run"])
     events = [e for e in map(parse_line, capsys.readouterr().out.splitlines()) if e]
-    assert rc == EXIT_USAGE
+    assert rc == exitcodes.USAGE
     assert events[-1]["event"] == "error" and "cluster.fusion.port: expected a whole number" in events[-1]["message"]
 
 

@@ -27,7 +27,8 @@ def profile_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Run:
     def __init__(self, tmp: Path, profile: Path, shape: str, *extra: str) -> None:
         self.decision, self.events, self.ledger = tmp / "decision.json", tmp / "events.log", tmp / "claims.json"
-        args = ["-m", "hardware.wizard", "--profile", str(profile), "--inventory", str(INVENTORIES / f"{shape}.json"),
+        args = ["-m", "agent.firstboot", "wizard", "--profile", str(profile),
+                "--inventory", str(INVENTORIES / f"{shape}.json"),
                 "--decision", str(self.decision), "--events", str(self.events), "--ledger", str(self.ledger), *extra]
         env = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "TERM": "xterm", "SHELL": "/bin/sh", "HOME": str(tmp)}
         self.child = pexpect.spawn(SYSTEM_PYTHON, args, cwd=str(ROOT), env=env, encoding="utf-8",
@@ -141,7 +142,8 @@ def test_quit_leaves_no_decision(tmp_path: Path, profile_json: Path) -> None:
 
 
 def test_bad_profile_path_exit_2(tmp_path: Path) -> None:
-    child = pexpect.spawn(SYSTEM_PYTHON, ["-m", "hardware.wizard", "--profile", str(tmp_path / "missing.json")],
+    child = pexpect.spawn(SYSTEM_PYTHON,
+                          ["-m", "agent.firstboot", "wizard", "--profile", str(tmp_path / "missing.json")],
                           cwd=str(ROOT), encoding="utf-8", timeout=30)
     child.expect("clusterctl first boot: .*missing.json")
     child.expect(pexpect.EOF)

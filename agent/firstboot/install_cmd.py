@@ -1,6 +1,6 @@
-"""``python3 -m agent.firstboot.cli``: run the installer by hand (or from a test).
+"""``python3 -m agent.firstboot install`` (``clusterctl-install``): run the installer by hand (or from a test).
 
-    python3 -m agent.firstboot.cli --stick /dev/sdb --target /dev/nvme0n1 --host left \\
+    python3 -m agent.firstboot install --stick /dev/sdb --target /dev/nvme0n1 --host left \\
         --role desktop --oses stable,next,rescue [--allow-wipe] [--events /dev/ttyS0]
 
 Emits ``installing`` {host, disk, step} as each step starts, then ``installed`` {host, disk,
@@ -19,10 +19,9 @@ import threading
 from typing import TextIO
 
 from agent.firstboot.installer import Request, StepHook, install
+from core import exitcodes
 from core.disk.tools import InstallError
 from core.events import emit
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def power_cut_hook(spec: str) -> StepHook:
@@ -54,16 +53,15 @@ def run_install(req: Request, events: TextIO, disk_name: str | None = None, kill
         result = install(req, on_step=on_step, disk_name=disk_name)
     except InstallError as e:
         emit("error", stream=events, stage=e.stage, message=str(e), host=req.host, disk=disk_name or req.target)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     except OSError as e:
         emit("error", stream=events, stage="install", message=str(e), host=req.host, disk=disk_name or req.target)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     emit("installed", stream=events, **result)
-    return EXIT_OK
+    return exitcodes.OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="clusterctl-install", description="Install a host from the stick onto a disk.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stick", required=True, help="the stick (device or image file)")
     p.add_argument("--target", required=True, help="the disk to install onto (device or image file)")
     p.add_argument("--host", required=True)
@@ -72,18 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-wipe", action="store_true", help="the disk may hold data that is to be erased")
     p.add_argument("--events", help="append events to this file or device (default: stdout)")
     p.add_argument("--kill-at", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     oses = [o for o in args.oses.split(",") if o]
     if not oses:
-        p.error("--oses names no OS")
+        print("clusterctl-install: --oses names no OS", file=sys.stderr)
+        return exitcodes.USAGE
     req = Request(args.stick, args.target, args.host, args.role, oses, allow_wipe=args.allow_wipe)
     try:
         events = open(args.events, "a", encoding="utf-8") if args.events else sys.stdout  # noqa: SIM115
     except OSError as e:
         print(f"clusterctl-install: cannot open {args.events}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     return run_install(req, events, kill_at=args.kill_at)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

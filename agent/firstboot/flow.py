@@ -1,6 +1,6 @@
 """The first-boot service on the stick: detect → wizard → install → reboot.
 
-    python3 -m agent.firstboot.main [--cmdline FILE] [--profile FILE] [--facts FILE]
+    python3 -m agent.firstboot run [--cmdline FILE] [--profile FILE] [--facts FILE]
 
 Kernel command line: ``clusterctl.unattended=1`` installs without asking when the match is
 certain and the disk safe; ``clusterctl.host=NAME`` forces the host (its disk selector still
@@ -24,15 +24,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.firstboot import cmdline, journal
-from agent.firstboot.cli import run_install
+from agent.firstboot.install_cmd import run_install
 from agent.firstboot.installer import Request
+from core import exitcodes
 from core.events import emit
 from core.model import Profile
+from hardware.detect import collect
+from hardware.selectors import SelectorError, choose_disk
+from hardware.wizard import Decision, Wizard
 
 PROFILE = "/etc/clusterctl/profile.json"
 FACTS = "/etc/clusterctl/host.json"
 WORK = "/run/clusterctl"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def show_unfinished_as_blank(inventory: dict[str, Any]) -> list[str]:
@@ -49,9 +52,6 @@ def show_unfinished_as_blank(inventory: dict[str, Any]) -> list[str]:
 
 def forced_decision(profile: Profile | dict[str, Any], inventory: dict[str, Any], host: str, events: TextIO) -> Any:
     """clusterctl.host=NAME: that host, unless its disk needs a person (then None: ask)."""
-    from hardware.selectors import SelectorError, choose_disk
-    from hardware.wizard import Decision
-
     model = profile if isinstance(profile, Profile) else Profile.from_json(profile)
     h = model.hosts.get(host)
     if h is None:
@@ -105,24 +105,25 @@ def prefer_disk_next(disk: str) -> bool:
                         "--loader", "\\EFI\\BOOT\\BOOTX64.EFI"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return first_boot(argv)
-    except Exception as e:  # a bug must still reach the console as an event, not only the journal
-        traceback.print_exc()
-        emit("error", stage="firstboot", message=f"{type(e).__name__}: {e}")
-        return EXIT_FAILED
-
-
-def first_boot(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="clusterctl-firstboot", description="First boot from the clusterctl stick.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmdline", default="/proc/cmdline")
     p.add_argument("--profile", default=PROFILE)
     p.add_argument("--facts", default=FACTS)
     p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
     p.add_argument("--work", default=WORK, help="where the decision and scratch files go (tmpfs)")
     p.add_argument("--dry-run", action="store_true", help="decide, but do not install")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return first_boot(args)
+    except Exception as e:  # a bug must still reach the console as an event, not only the journal
+        traceback.print_exc()
+        emit("error", stage="firstboot", message=f"{type(e).__name__}: {e}")
+        return exitcodes.FAILED
+
+
+def first_boot(args: argparse.Namespace) -> int:
     events = sys.stdout
     try:
         opts = cmdline.read(args.cmdline)
@@ -130,23 +131,19 @@ def first_boot(argv: list[str] | None) -> int:
         facts = json.loads(Path(args.facts).read_text(encoding="utf-8")) if os.path.exists(args.facts) else {}
     except (OSError, ValueError, cmdline.CmdlineError) as e:
         emit("error", stream=events, stage="firstboot", message=str(e))
-        return EXIT_USAGE
+        return exitcodes.USAGE
     if not opts.install:
-        return EXIT_OK
+        return exitcodes.OK
     if args.inventory:
         inventory = json.loads(Path(args.inventory).read_text(encoding="utf-8"))
     else:
-        from hardware.detect import collect
-
         inventory = collect(wait_for_udev=True)
     show_unfinished_as_blank(inventory)
     medium = next((d for d in inventory.get("disks") or [] if d.get("boot_medium")), None)
     if medium is None:
         emit("error", stream=events, stage="detect", message="cannot tell which disk this system booted from")
-        return EXIT_FAILED
+        return exitcodes.FAILED
     candidates = list(facts.get("candidates") or []) or None
-    from hardware.wizard import Wizard
-
     try:
         decision = forced_decision(profile, inventory, opts.host, events) if opts.host else None
         if decision is None:
@@ -154,16 +151,16 @@ def first_boot(argv: list[str] | None) -> int:
             decision = Wizard(profile, inventory, hosts=hosts, unattended=opts.unattended, events=events).run()
     except LookupError as e:
         emit("error", stream=events, stage="match", message=str(e))
-        return EXIT_FAILED
+        return exitcodes.FAILED
     except (EOFError, KeyboardInterrupt):
         decision = None
     if decision is None:
         emit("error", stream=events, stage="match", message="no host was chosen; nothing was installed")
-        return EXIT_FAILED
+        return exitcodes.FAILED
     os.makedirs(args.work, exist_ok=True)
     Path(args.work, "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
     if args.dry_run:
-        return EXIT_OK
+        return exitcodes.OK
     os.makedirs(f"{args.work}/tmp", exist_ok=True)
     os.environ["TMPDIR"] = f"{args.work}/tmp"  # / is read-only while its copy is taken
     # On the stick (not replaying a captured inventory) the running root is one of the copies.
@@ -172,7 +169,7 @@ def first_boot(argv: list[str] | None) -> int:
     req = Request(stick=medium.get("path") or f"/dev/{medium['name']}", target=str(decision.disk_path),
                   host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe)
     rc = run_install(req, events, disk_name=decision.disk_path)
-    if rc != EXIT_OK:
+    if rc != exitcodes.OK:
         if frozen:
             thaw_root()
         return rc
@@ -180,9 +177,6 @@ def first_boot(argv: list[str] | None) -> int:
         prefer_disk_next(req.target)
     if live and opts.after != "none" and not best_effort(["systemctl", "--no-block", opts.after]):
         emit("error", stream=events, stage=opts.after, message=f"systemctl {opts.after} failed; do it by hand")
-        return EXIT_FAILED
-    return EXIT_OK
+        return exitcodes.FAILED
+    return exitcodes.OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())
