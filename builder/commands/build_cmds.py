@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
+from core import exitcodes
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -35,16 +34,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     except (PlanError, ImageTooSmall, OverlayError, IdentityRefused) as err:
         reporter.close()
         print(f"clusterctl: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except CacheBusy as err:
         reporter.close()
         print(f"clusterctl: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     except BuildError as err:
         reporter.close()
         if not args.json:
             print(f"clusterctl: build failed in stage {err.stage}; its log: {err.log}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     finally:
         reporter.close()
         cache.close()
@@ -59,7 +58,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"{info['output']}  ({name}: {', '.join(info['hosts'])}; {', '.join(info['oses'])})")
         print(f"{outcome.manifest}  ({len(built)} stage(s) built, "
               f"{len(outcome.results) - len(built)} reused)")
-    return 0
+    return exitcodes.OK
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
@@ -69,11 +68,11 @@ def cmd_flash(args: argparse.Namespace) -> int:
         flash(Path(args.image), Path(args.device), force=args.force, assume_yes=args.yes, verify=not args.no_verify)
     except FlashRefused as err:
         print(f"clusterctl: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except FlashError as err:
         print(f"clusterctl: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+        return exitcodes.FAILED
+    return exitcodes.OK
 
 
 def register(sub: Any) -> None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+from core import exitcodes
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
 
 def fail(message: str) -> int:
     print(f"clusterctl inventory: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return exitcodes.USAGE
 
 
 def read_inventory(source: str | None) -> dict[str, Any]:
@@ -69,18 +69,18 @@ def run(args: argparse.Namespace) -> int:
         from hardware.suggest import suggest
 
         sys.stdout.write(suggest(inv, args.host, args.role, args.board))
-        return 0
+        return exitcodes.OK
     if args.match:
         return run_match(args, inv)
     if args.json:
         print(json.dumps(inv, indent=2))
-        return 0
+        return exitcodes.OK
     from rich.console import Console
 
     from hardware.summary import render
 
     Console().print(render(inv))
-    return 0
+    return exitcodes.OK
 
 
 def run_match(args: argparse.Namespace, inv: dict[str, Any]) -> int:
@@ -106,7 +106,7 @@ def run_match(args: argparse.Namespace, inv: dict[str, Any]) -> int:
         return fail(str(e))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
-        return 0
+        return exitcodes.OK
     from rich.console import Console
     from rich.table import Table
 
@@ -117,4 +117,4 @@ def run_match(args: argparse.Namespace, inv: dict[str, Any]) -> int:
         mark = "" if c.eligible else "[dim]"
         table.add_row(f"{mark}{c.host}", f"{mark}{c.role}", f"{mark}{c.score:.2f}", f"{mark}" + "; ".join(c.reasons))
     Console().print(table)
-    return 0
+    return exitcodes.OK

@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from builder.profile import Profile, ProfileInvalid, load_board, load_profile
-
-EXIT_INVALID = 2
+from core import exitcodes
 
 
 def report_invalid(err: ProfileInvalid, as_json: bool = False) -> int:
@@ -20,12 +19,12 @@ def report_invalid(err: ProfileInvalid, as_json: bool = False) -> int:
         out = [{"file": d.mark.file, "line": d.mark.line, "column": d.mark.column, "message": d.message}
                for d in err.diagnostics]
         print(json.dumps({"valid": False, "errors": out}, indent=2))
-        return EXIT_INVALID
+        return exitcodes.USAGE
     for d in err.diagnostics:
         print(d, file=sys.stderr)
     n = len(err.diagnostics)
     print(f"clusterctl: {n} error{'s' if n != 1 else ''}; nothing was built", file=sys.stderr)
-    return EXIT_INVALID
+    return exitcodes.USAGE
 
 
 def load_or_report(path: str, as_json: bool = False) -> Profile | int:
@@ -92,7 +91,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"profile": loaded.path, "cluster": loaded.name, "images": images,
                           "stages": stages}, indent=2))
-        return 0
+        return exitcodes.OK
     console = Console()
     table = Table(title=f"clusterctl plan: {loaded.name} ({loaded.path})")
     for col in ("image", "type", "host", "role", "board", "OSes (first is default)"):
@@ -113,14 +112,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         state = "[green]cached[/]" if s.get("cached") else "[yellow]to build[/]"
         st.add_row(s["name"], s["key"][:12], state, ", ".join(s.get("deps", [])))
     console.print(st)
-    return 0
+    return exitcodes.OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from builder.profile.schema import schema_text
 
     sys.stdout.write(schema_text("board" if args.board else "profile"))
-    return 0
+    return exitcodes.OK
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -132,7 +131,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
     else:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
-    return 0
+    return exitcodes.OK
 
 
 def register(sub: Any) -> None:

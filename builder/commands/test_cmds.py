@@ -14,12 +14,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from core import exitcodes
 from testdriver.board import Board, BoardError, load_board
 from testdriver.lan import LanError
 from testdriver.qemu_cmd import MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
 from testdriver.testrun import HostResult, HostRun, plan_runs, run_all
-
-EXIT_USAGE = 2
 
 
 def checked_board(name: str) -> Board:
@@ -29,7 +28,7 @@ def checked_board(name: str) -> Board:
 
 def _usage_error(message: str) -> int:
     print(f"clusterctl: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return exitcodes.USAGE
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -43,7 +42,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     except ProfileInvalid as err:
         for d in err.diagnostics:
             print(d, file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except BoardError as err:
         return _usage_error(str(err))
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"clusterctl-boot-{board.name}-"))
@@ -120,7 +119,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(r.error or f"expected {', '.join(r.run.expect)}", file=sys.stdout)
     if args.keep:
         out.print(f"work dirs (disks, console logs) kept in {workdir}")
-    return 0 if all(r.ok for r in results) else 1
+    return exitcodes.OK if all(r.ok for r in results) else exitcodes.FAILED
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
