@@ -8,7 +8,7 @@ shell (the wizard comes back when the shell exits). Unattended mode (``cluster.u
 Emits the ``inventory`` and ``matched`` events (core/events.py). Writes the decision as JSON for
 the installer and claims the host in the ledger. Runs in the images: Debian python3, python3-rich.
 
-    python3 -m hardware.wizard --profile PROFILE.json --inventory INV.json --decision OUT.json
+    python3 -m agent.firstboot wizard --profile PROFILE.json --inventory INV.json --decision OUT.json
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Wizard:
     def __init__(self, profile: Profile | dict[str, Any], inventory: dict[str, Any], *, ledger_path: str | None = None,
                  hosts: list[str] | None = None, unattended: bool | None = None, console: Any = None,
                  events: TextIO | None = None, ask: Callable[[str], str] | None = None,
-                 shell: str | None = None) -> None:
+                 shell: str | None = None, spawn_shell: Callable[[list[str]], int] | None = None) -> None:
         from rich.console import Console
 
         # The resolved profile as the builder writes it (profile.json), read through the model.
@@ -63,6 +63,7 @@ class Wizard:
         self.events = events if events is not None else sys.stdout
         self.ask = ask or (lambda prompt: self.console.input(escape(prompt)))
         self.shell = shell or os.environ.get("SHELL") or "/bin/sh"
+        self.spawn_shell = spawn_shell or subprocess.call
 
     # --- output ------------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class Wizard:
         self.say(f"Starting {escape(self.shell)}; exit it to come back here.")
         self.console.file.flush()
         try:
-            subprocess.call([self.shell])
+            self.spawn_shell([self.shell])
         except OSError as e:
             self.say(f"[red]cannot start {escape(self.shell)}: {escape(str(e))}[/red]")
         self.say("Back in the first-boot wizard.")

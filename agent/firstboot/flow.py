@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.firstboot import cmdline, journal
+from agent.firstboot.consoles import Consoles, Progress, console_devices
 from agent.firstboot.install_cmd import run_install
 from agent.firstboot.installer import Request
 from core import exitcodes
@@ -112,6 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
     p.add_argument("--work", default=WORK, help="where the decision and scratch files go (tmpfs)")
     p.add_argument("--dry-run", action="store_true", help="decide, but do not install")
+    p.add_argument("--console", action="append", default=[], metavar="NAME=DEVICE",
+                   help="a console the wizard asks on (repeatable); default: the kernel's consoles (the screen "
+                        "and the serial port), or this terminal with --inventory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,11 +148,44 @@ def first_boot(args: argparse.Namespace) -> int:
         emit("error", stream=events, stage="detect", message="cannot tell which disk this system booted from")
         return exitcodes.FAILED
     candidates = list(facts.get("candidates") or []) or None
+    consoles = open_consoles(args.console, live=args.inventory is None)
+    try:
+        return decide_and_install(args, opts, profile, inventory, medium, candidates, consoles, events)
+    finally:
+        if consoles is not None:
+            consoles.close()  # the gettys take the consoles over when this unit stops
+
+
+def say(consoles: Consoles | None, text: str) -> None:
+    if consoles is not None:
+        consoles.print(text)
+        consoles.flush()
+
+
+def open_consoles(named: list[str], live: bool) -> Consoles | None:
+    """The consoles the wizard asks on: those named, else the kernel's on the stick, else None
+    (this process's own terminal, as when a captured inventory is replayed by hand or in a test)."""
+    if named:
+        return Consoles([tuple(n.split("=", 1)) if "=" in n else (n, n) for n in named])  # type: ignore[misc]
+    if not live:
+        return None
+    try:
+        return Consoles(console_devices())
+    except OSError:
+        return None  # no console at all: stdout (the unit's journal and /dev/console) still works
+
+
+def decide_and_install(args: argparse.Namespace, opts: cmdline.Options, profile: Profile, inventory: dict[str, Any],
+                       medium: dict[str, Any], candidates: list[str] | None, consoles: Consoles | None,
+                       events: TextIO) -> int:
+    io: dict[str, Any] = ({"console": consoles, "ask": consoles.input, "spawn_shell": consoles.spawn_shell}
+                          if consoles is not None else {})
     try:
         decision = forced_decision(profile, inventory, opts.host, events) if opts.host else None
         if decision is None:
             hosts = [opts.host] if opts.host else candidates
-            decision = Wizard(profile, inventory, hosts=hosts, unattended=opts.unattended, events=events).run()
+            decision = Wizard(profile, inventory, hosts=hosts, unattended=opts.unattended, events=events,
+                              **io).run()
     except LookupError as e:
         emit("error", stream=events, stage="match", message=str(e))
         return exitcodes.FAILED
@@ -156,6 +193,7 @@ def first_boot(args: argparse.Namespace) -> int:
         decision = None
     if decision is None:
         emit("error", stream=events, stage="match", message="no host was chosen; nothing was installed")
+        say(consoles, "Nothing was installed. The stick's own system is yours: log in below to look around.")
         return exitcodes.FAILED
     os.makedirs(args.work, exist_ok=True)
     Path(args.work, "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
@@ -168,11 +206,19 @@ def first_boot(args: argparse.Namespace) -> int:
     frozen = freeze_root() if live else False
     req = Request(stick=medium.get("path") or f"/dev/{medium['name']}", target=str(decision.disk_path),
                   host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe)
-    rc = run_install(req, events, disk_name=decision.disk_path)
+    progress = Progress(consoles, req.host, str(decision.disk_path)).step if consoles is not None else None
+    rc = run_install(req, events, disk_name=decision.disk_path, progress=progress)
     if rc != exitcodes.OK:
         if frozen:
             thaw_root()
+        say(consoles, f"[red]The install of {req.host} failed[/red] (the serial console's events say why); "
+                      "nothing else was changed. Log in below to look around.")
         return rc
+    # The stick's own 'ready' must not speak for a host it has just installed (its unit checks this).
+    Path(args.work, "installed").write_text(req.host + "\n", encoding="utf-8")
+    after = {"reboot": "Restarting into it", "poweroff": "Powering off: take the stick out, then power on",
+             "none": "Restart when you are ready"}.get(opts.after, opts.after)
+    say(consoles, f"[bold green]{req.host} is installed[/bold green] on {decision.disk_path}. {after}.")
     if live:
         prefer_disk_next(req.target)
     if live and opts.after != "none" and not best_effort(["systemctl", "--no-block", opts.after]):

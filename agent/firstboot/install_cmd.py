@@ -40,12 +40,16 @@ def power_cut_hook(spec: str) -> StepHook:
     return on_step
 
 
-def run_install(req: Request, events: TextIO, disk_name: str | None = None, kill_at: str | None = None) -> int:
-    """Install; ``installing`` {host, disk, step} as each step starts, then ``installed`` or ``error``."""
+def run_install(req: Request, events: TextIO, disk_name: str | None = None, kill_at: str | None = None,
+                progress: StepHook | None = None) -> int:
+    """Install; ``installing`` {host, disk, step} as each step starts, then ``installed`` or ``error``.
+    ``progress(step)`` shows each step to the person (the consoles)."""
     cut = power_cut_hook(kill_at) if kill_at else None
 
     def on_step(step: str) -> None:
         emit("installing", stream=events, host=req.host, disk=disk_name or req.target, step=step)
+        if progress is not None:
+            progress(step)
         if cut is not None:
             cut(step)
 
