@@ -49,14 +49,20 @@ class Wizard:
     def __init__(self, profile: Profile | dict[str, Any], inventory: dict[str, Any], *, ledger_path: str | None = None,
                  hosts: list[str] | None = None, unattended: bool | None = None, console: Any = None,
                  events: TextIO | None = None, ask: Callable[[str], str] | None = None,
-                 shell: str | None = None, spawn_shell: Callable[[list[str]], int] | None = None) -> None:
+                 shell: str | None = None, spawn_shell: Callable[[list[str]], int] | None = None,
+                 ledger: dict[str, Any] | None = None, ledger_problem: str | None = None,
+                 record_claim: Callable[[], str | None] | None = None) -> None:
         from rich.console import Console
 
         # The resolved profile as the builder writes it (profile.json), read through the model.
         self.profile = profile if isinstance(profile, Profile) else Profile.from_json(profile)
         self.inventory = inventory
         self.ledger_path = ledger_path
-        self.ledger = ledger_mod.load(ledger_path) if ledger_path else None
+        self.ledger = ledger if ledger is not None else (ledger_mod.load(ledger_path) if ledger_path else None)
+        # Why the stick's ledger can't be used (then no claim is checked or recorded), and how a
+        # claim saved at ledger_path goes back onto the stick (returns why it could not).
+        self.ledger_problem = ledger_problem
+        self.record_claim = record_claim
         self.hosts = hosts
         self.unattended = self.profile.cluster.unattended if unattended is None else unattended
         self.console = console or Console(highlight=False)
@@ -165,8 +171,28 @@ class Wizard:
         if self.ledger_path is not None and self.ledger is not None:
             ledger_mod.claim(self.ledger, c.host, self.inventory)
             ledger_mod.save(self.ledger_path, self.ledger)
+            problem = self.record_claim() if self.record_claim is not None else None
+            if problem:
+                self.say(f"[yellow]The claim could not be recorded: {escape(problem)}. The install goes on; "
+                         f"another box could be made {escape(c.host)} too.[/yellow]")
+                self.emit("claim", host=c.host, recorded=False, message=problem)
+            else:
+                self.emit("claim", host=c.host, recorded=True)
+        elif self.ledger_problem:
+            self.say(f"[yellow]The claim could not be recorded: {escape(self.ledger_problem)}. The install goes "
+                     f"on; another box could be made {escape(c.host)} too.[/yellow]")
+            self.emit("claim", host=c.host, recorded=False, message=self.ledger_problem)
         self.say(f"\n[bold green]Installing {c.host}[/bold green] to {decision.disk_path}.")
         return decision
+
+    def claimed_elsewhere(self, result: MatchResult) -> Candidate | None:
+        """The host this box would be, certainly, were it not already claimed by another box."""
+        if result.outcome == "certain" or not ledger_mod.active_claims(self.ledger):
+            return None
+        free = rank(self.profile, self.inventory, None, self.hosts)
+        if free.outcome != "certain" or free.best is None:
+            return None
+        return next((c for c in result.ranked if c.host == free.best.host and not c.eligible), None)
 
     def run(self) -> Decision | None:
         self.emit("inventory", **event_fields(self.inventory))
@@ -174,6 +200,15 @@ class Wizard:
         self.show_found()
         everyone = result.ranked
         current: Candidate | None = result.best
+        taken = self.claimed_elsewhere(result)
+        if taken is not None:
+            self.say(f"\n[bold yellow]This box would be {escape(taken.host)}[/bold yellow], but "
+                     f"{escape(str(taken.excluded))}.")
+            if self.unattended:
+                self.emit("error", stage="match", host=taken.host,
+                          message=f"{taken.host} is {taken.excluded}; nothing was installed")
+                return None
+            self.say("Pick one of the hosts still free, or release the claim and start again.")
         if result.outcome == "certain" and current is not None:
             disk = self.disk_for(current.host)
             if self.unattended and disk.disk is not None and not disk.needs_confirmation:

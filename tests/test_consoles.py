@@ -128,8 +128,9 @@ def test_first_boot_asks_on_both_and_takes_the_screens_answer(two: tuple[Pty, Pt
         proc.kill()
     assert proc.returncode == 0, err
     events = [e for e in map(parse_line, out.splitlines()) if e]
-    assert [e["event"] for e in events] == ["inventory", "asking", "matched"]
-    assert events[-1]["host"] == "left" and events[-1]["chosen_by"] == "person"
+    assert [e["event"] for e in events] == ["inventory", "asking", "matched", "claim"]
+    assert events[2]["host"] == "left" and events[2]["chosen_by"] == "person"
+    assert events[3]["recorded"] is False  # the inventory's /dev/sda is not this machine's stick
     assert "(answered on the screen: y)" in serial.read_until("answered on the screen")
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["host"] == "left"

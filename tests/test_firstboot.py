@@ -70,9 +70,12 @@ def test_unattended_first_boot_recognises_left_and_installs(tmp_path: Path, stic
     steps = [e["step"] for e in events if e["event"] == "installing"]
     assert steps[0] == "esp" and steps[-1] == "boot"
     events = [e for e in events if e["event"] != "installing"]
-    assert [e["event"] for e in events] == ["inventory", "matched", "installed"]
+    assert [e["event"] for e in events] == ["inventory", "matched", "claim", "installed"]
     assert events[1]["host"] == "left" and events[1]["chosen_by"] == "unattended"
-    assert events[2]["host"] == "left" and events[2]["disk"] == str(disk)
+    # This stick image has no CLUSTER partition: the claim is not recorded, and the install goes on.
+    assert events[2] == {"event": "claim", "host": "left", "recorded": False,
+                         "message": "the stick has no CLUSTER partition"}
+    assert events[3]["host"] == "left" and events[3]["disk"] == str(disk)
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["host"] == "left" and decision["oses"] == ["stable", "next", "rescue"]
     assert_installed(stick, disk, "left")
@@ -112,7 +115,8 @@ def test_our_unfinished_install_is_taken_up_unattended(tmp_path: Path, stick: Pa
                                "label": "ESP", "uuid": None, "part_label": "ESP"}])
     rc, events = firstboot(tmp_path, profile, inv, "clusterctl.unattended=1 clusterctl.after=none")
     assert rc == 0, events
-    assert [e["event"] for e in events if e["event"] != "installing"] == ["inventory", "matched", "installed"]
+    assert [e["event"] for e in events if e["event"] != "installing"] == ["inventory", "matched", "claim",
+                                                                          "installed"]
     assert_installed(stick, disk, "left")
 
 

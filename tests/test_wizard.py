@@ -65,7 +65,8 @@ def test_certain_match_confirmed(tmp_path: Path, profile_json: Path) -> None:
     assert decision["host"] == "left" and decision["disk_path"] == "/dev/nvme0n1" and decision["chosen_by"] == "person"
     assert decision["wipe"] is False and decision["oses"] == ["stable", "next", "rescue"]
     events = run.event_list()
-    assert [e["event"] for e in events] == ["inventory", "asking", "matched"]
+    assert [e["event"] for e in events] == ["inventory", "asking", "matched", "claim"]
+    assert events[3] == {"event": "claim", "host": "left", "recorded": True}
     assert events[0]["disks"] == 1 and events[0]["display"] is True and events[0]["boot_medium"] == "sda"
     assert events[2]["host"] == "left" and events[2]["outcome"] == "certain"
     assert json.loads(run.ledger.read_text())["claims"]["left"]["serial"] == "JW-NF9-0001"
@@ -78,7 +79,7 @@ def test_certain_match_unattended(tmp_path: Path, profile_json: Path) -> None:
     assert run.finish() == 0
     decision = json.loads(run.decision.read_text())
     assert (decision["host"], decision["disk"], decision["chosen_by"]) == ("right", "sda", "unattended")
-    assert [e["event"] for e in run.event_list()] == ["inventory", "matched"]
+    assert [e["event"] for e in run.event_list()] == ["inventory", "matched", "claim"]
 
 
 def test_ambiguous_asks(tmp_path: Path, profile_json: Path) -> None:
@@ -97,7 +98,7 @@ def test_ambiguous_asks(tmp_path: Path, profile_json: Path) -> None:
     assert run.finish() == 0
     decision = json.loads(run.decision.read_text())
     assert (decision["host"], decision["outcome"], decision["chosen_by"]) == ("right", "ambiguous", "person")
-    assert [e["event"] for e in run.event_list()] == ["inventory", "asking", "matched"]
+    assert [e["event"] for e in run.event_list()] == ["inventory", "asking", "matched", "claim"]
     assert run.event_list()[1]["candidates"] == ["left", "right"]
 
 
@@ -149,3 +150,33 @@ def test_bad_profile_path_exit_2(tmp_path: Path) -> None:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 2 and "Traceback" not in (child.before or "")
+
+
+def claimed_by_another_box(ledger: Path, host: str) -> None:
+    ledger.write_text(json.dumps({"version": 1, "claims": {host: {
+        "serial": "JW-NF9-0002", "macs": ["00:30:18:c1:09:09"], "product": "Jetway NF9HG-2930",
+        "at": "2026-12-01T10:00:00Z"}}}))
+
+
+def test_a_host_claimed_by_another_box_is_named_and_the_free_ones_offered(tmp_path: Path, profile_json: Path) -> None:
+    run_dir = tmp_path
+    claimed_by_another_box(run_dir / "claims.json", "left")
+    run = Run(run_dir, profile_json, "nano-itx-desktop")
+    run.expect(r"This box would be left.*already installed on Jetway NF9HG-2930")
+    run.expect("Pick one of the hosts still free")
+    run.expect(r"2\. right .*\(no: 1 disk, wanted ≥ 2\)")
+    run.expect(r"Pick a host \[1-2\], s = shell, q = quit: ")
+    run.send("q")
+    assert run.finish() == 1
+    assert not run.decision.exists()
+    assert set(json.loads(run.ledger.read_text())["claims"]) == {"left"}  # untouched
+
+
+def test_unattended_refuses_a_host_claimed_by_another_box(tmp_path: Path, profile_json: Path) -> None:
+    claimed_by_another_box(tmp_path / "claims.json", "left")
+    run = Run(tmp_path, profile_json, "nano-itx-desktop", "--unattended")
+    assert run.finish() == 1
+    assert not run.decision.exists()
+    error = run.event_list()[-1]
+    assert error["event"] == "error" and error["host"] == "left"
+    assert "already installed on Jetway NF9HG-2930" in error["message"] and "nothing was installed" in error["message"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.firstboot import cmdline, journal
+from agent.firstboot.claims import StickLedger
 from agent.firstboot.consoles import Consoles, Progress, console_devices
 from agent.firstboot.install_cmd import run_install
 from agent.firstboot.installer import Request
@@ -180,12 +181,16 @@ def decide_and_install(args: argparse.Namespace, opts: cmdline.Options, profile:
                        events: TextIO) -> int:
     io: dict[str, Any] = ({"console": consoles, "ask": consoles.input, "spawn_shell": consoles.spawn_shell}
                           if consoles is not None else {})
+    # The claim ledger on the stick's CLUSTER partition: read now, written back before the disk is.
+    claims = StickLedger.find(medium.get("path") or f"/dev/{medium['name']}", Path(args.work, "claims.json"))
+    ledger = claims.fetch()
     try:
         decision = forced_decision(profile, inventory, opts.host, events) if opts.host else None
         if decision is None:
             hosts = [opts.host] if opts.host else candidates
             decision = Wizard(profile, inventory, hosts=hosts, unattended=opts.unattended, events=events,
-                              **io).run()
+                              ledger_path=str(claims.local) if ledger is not None else None, ledger=ledger,
+                              ledger_problem=claims.problem, record_claim=claims.store, **io).run()
     except LookupError as e:
         emit("error", stream=events, stage="match", message=str(e))
         return exitcodes.FAILED

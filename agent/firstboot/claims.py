@@ -1,0 +1,68 @@
+"""The claim ledger on the stick: ``claims.json`` on its small FAT partition labelled CLUSTER.
+
+First boot copies it into /run (mtools, no mount), the wizard rules out hosts another box has
+claimed and records this box's claim, and the ledger goes back onto the stick before a byte of
+the internal disk is written. A stick whose CLUSTER partition is missing, full or unreadable
+still installs: the person is told the claim could not be recorded (see hardware/ledger.py for
+the file's shape, and docs/install.md for releasing a claim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.disk.gpt import read_table
+from core.disk.tools import MTOOLS_ENV, InstallError, fat, run
+from hardware import ledger as ledger_mod
+
+PARTITION = "CLUSTER"  # the GPT partition name and the FAT label
+FILE = "claims.json"
+
+
+@dataclass
+class StickLedger:
+    """Where the ledger lives on the stick, and its working copy in /run."""
+
+    image: str | None  # mtools' name for the partition, or None when the stick has none
+    local: Path
+    problem: str | None = None  # why the ledger can't be used, said to the person
+
+    @classmethod
+    def find(cls, stick: str, local: Path) -> StickLedger:
+        try:
+            part = read_table(stick, stage="claims").by_name(PARTITION)
+        except InstallError as e:
+            return cls(None, local, f"the stick's partition table could not be read ({e})")
+        if part is None:
+            return cls(None, local, f"the stick has no {PARTITION} partition")
+        return cls(fat(stick, part.start), local)
+
+    def fetch(self) -> dict[str, object] | None:
+        """The ledger (empty when the stick has none yet), or None with ``problem`` set."""
+        if self.image is None:
+            return None
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self.local.unlink(missing_ok=True)
+        try:
+            listing = run("claims", ["mdir", "-b", "-i", self.image, "::"], env=MTOOLS_ENV)
+            if any(line.rstrip().lower().endswith("/" + FILE) for line in listing.splitlines()):
+                run("claims", ["mcopy", "-n", "-i", self.image, f"::{FILE}", str(self.local)], env=MTOOLS_ENV)
+            return ledger_mod.load(self.local)
+        except (InstallError, ledger_mod.LedgerError) as e:
+            self.problem = f"the claim ledger on the stick could not be read ({e})"
+            return None
+
+    def store(self) -> str | None:
+        """Copy the working ledger back onto the stick; why it could not be, or None."""
+        if self.image is None:
+            return self.problem or "the stick has no ledger"
+        try:
+            run("claims", ["mcopy", "-o", "-i", self.image, str(self.local), f"::{FILE}"], env=MTOOLS_ENV)
+            run("claims", ["mcopy", "-n", "-i", self.image, f"::{FILE}", str(self.local) + ".check"],
+                env=MTOOLS_ENV)
+        except InstallError as e:
+            return f"the claim could not be written to the stick ({e})"
+        if Path(str(self.local) + ".check").read_bytes() != self.local.read_bytes():
+            return "the claim written to the stick reads back differently"
+        return None
