@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from agent import cli as agent_cli
 from builder import __version__
-from builder.commands import build_cmds, inventory_cmd, profile_cmds, test_cmds
+from builder.commands import build_cmds, claims_cmd, inventory_cmd, profile_cmds, test_cmds
 from core import exitcodes
 
 # Order is the order of ``clusterctl --help``.
@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     build_cmds,  # build, flash
     test_cmds,  # boot, test (QEMU)
     inventory_cmd,  # inventory (detect, --suggest, --match)
+    claims_cmd,  # claims (a stick's ledger: list, release)
     agent_cli,  # agent serve, agent mount
 ]
 

@@ -258,3 +258,6 @@ class Wizard:
                 self.drop_to_shell()
             elif answer == "q":
                 return None
+            else:  # nothing was changed: say what the keys are, and ask again
+                keys = "y (install), o, s or q" if disk.disk is not None else "o, s or q"
+                self.say(f"[yellow]{escape(answer)!s} is not an answer here: type {keys}, then Enter.[/yellow]")

@@ -58,6 +58,10 @@ def test_certain_match_confirmed(tmp_path: Path, profile_json: Path) -> None:
     run.expect(r"Install to: nvme0n1 \(NVMe, 69 GB, Samsung SSD 980 64GB, S64ANS0T100001\) — now empty")
     run.expect(r"OSes: stable \(debian bookworm, default\), next \(debian trixie\), rescue \(rescue\)")
     run.expect(PROMPT_YES)
+    run.send("x")  # a key the question has no use for: a hint, nothing decided
+    run.expect("x is not an answer here: type y \\(install\\), o, s or q, then Enter.")
+    run.expect(PROMPT_YES)
+    assert not run.decision.exists()
     run.send("y")
     run.expect("Installing left")
     assert run.finish() == 0

@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--role", default="ROLE", help="the role in the suggested stanza")
     p.add_argument("--board", default="BOARD", help="the board in the suggested stanza")
     p.add_argument("--match", metavar="PROFILE", help="rank the profile's hosts against this box")
-    p.add_argument("--ledger", metavar="FILE", help="claim ledger (JSON) for --match")
+    p.add_argument("--ledger", metavar="STICK_OR_FILE",
+                   help="for --match: the claim ledger of a stick (its image or device) or a ledger file (JSON)")
     p.add_argument("--hosts", metavar="A,B", help="only these hosts, e.g. a stick's (for --match)")
     p.set_defaults(func=run)
 
@@ -83,9 +84,21 @@ def run(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def read_ledger(source: str) -> dict[str, Any]:
+    """A ledger file (JSON), or the ledger on a stick's CLUSTER partition (image or device)."""
+    import tempfile
+
+    from builder.commands.claims_cmd import read_stick_ledger
+    from hardware import ledger as ledger_mod
+
+    if source.endswith(".json"):
+        return ledger_mod.load(source)
+    with tempfile.TemporaryDirectory(prefix="clusterctl-claims.") as tmp:
+        return read_stick_ledger(source, Path(tmp))[1]
+
+
 def run_match(args: argparse.Namespace, inv: dict[str, Any]) -> int:
     from builder.profile import ProfileInvalid, load_profile
-    from hardware import ledger as ledger_mod
     from hardware.match import rank
     from hardware.selectors import SelectorError
 
@@ -100,9 +113,9 @@ def run_match(args: argparse.Namespace, inv: dict[str, Any]) -> int:
     if unknown:
         return fail(f"--hosts: no host {', '.join(unknown)} in {args.match}")
     try:
-        book = ledger_mod.load(args.ledger) if args.ledger else None
+        book = read_ledger(args.ledger) if args.ledger else None
         result = rank(model, inv, book, hosts)
-    except (ledger_mod.LedgerError, SelectorError) as e:
+    except (ValueError, SelectorError) as e:  # LedgerError is a ValueError
         return fail(str(e))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
