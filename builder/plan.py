@@ -30,8 +30,12 @@ from typing import Any
 
 from builder import __version__
 from builder.filedigest import file_digest
-from builder.stages.isoboot import ISOS_LABEL, LINUX_DATA_TYPE, iso_entry_name
+from builder.stages.isoboot import ISOS_LABEL, iso_entry_name
+from builder.stages.registry import KINDS
 from builder.stages.rootfs import BASE_PACKAGES, RootfsSpec
+from core.disk.gpt import ESP_TYPE, LINUX_DATA_TYPE, ROOT_X86_64_TYPE
+from core.model import Image
+from core.model import Profile as ProfileModel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS_DIR = PROJECT_ROOT / "overlays"
@@ -39,13 +43,7 @@ OVERLAYS_DIR = PROJECT_ROOT / "overlays"
 # builder/ or testdriver/; tests/test_layers.py checks a built root).
 ONHOST_PACKAGES = ("core", "hardware", "agent")
 
-# Bump a kind's version when its executor starts producing different output for equal inputs.
-EXECUTOR_VERSIONS: dict[str, int] = {"rootfs": 1, "overlay": 1, "rootpart": 1, "rescue": 1, "esp": 1, "isos": 1,
-                                     "image": 1}
-
 IMAGE_PARTUUID_NS = uuid.UUID("3c8f2a4e-5d1b-4f67-9a0e-6b7c2d9e1f30")
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4C1D-96E7-FBCAF984B709"
 
 
 class PlanError(ValueError):
@@ -80,8 +78,10 @@ def canonical(value: Any) -> bytes:
 
 
 def stage_key(kind: str, inputs: dict[str, Any], dep_keys: list[str]) -> str:
+    """The kind's executor version (builder/stages/registry.py) is part of the key: bumping it
+    rebuilds that kind's stages and what depends on them."""
     h = hashlib.sha256()
-    h.update(canonical({"kind": kind, "executor": EXECUTOR_VERSIONS[kind], "inputs": inputs, "deps": dep_keys}))
+    h.update(canonical({"kind": kind, "executor": KINDS[kind].version, "inputs": inputs, "deps": dep_keys}))
     return h.hexdigest()
 
 
@@ -118,67 +118,33 @@ def partuuid(cluster: str, image: str, part: str) -> str:
     return str(uuid.uuid5(IMAGE_PARTUUID_NS, f"{cluster}/{image}/{part}"))
 
 
-# -- reading the resolved profile ---------------------------------------------------------
+# -- reading the resolved profile (core.model) ---------------------------------------------
 
-def image_hosts(image: dict[str, Any]) -> list[str]:
-    return list(image.get("hosts") or ([image["host"]] if image.get("host") else []))
-
-
-def image_oses(data: dict[str, Any], image: dict[str, Any]) -> list[str]:
-    """The OSes on an image in boot-menu order: the first host's role order, then the others'."""
-    out: list[str] = []
-    for h in image_hosts(image):
-        for os_name in data["roles"][data["hosts"][h]["role"]]["os"]:
-            if os_name not in out:
-                out.append(os_name)
-    return out
-
-
-def os_title(name: str, osdef: dict[str, Any]) -> str:
-    if osdef.get("label"):
-        return str(osdef["label"])
-    if osdef.get("kind") == "rescue":
-        return f"{name} (Debian {osdef.get('suite', 'bookworm')}, runs from RAM)"
-    return f"{name} (Debian {osdef.get('suite', 'bookworm')})"
-
-
-def image_output(cluster: str, name: str, image: dict[str, Any], out_dir: Path) -> Path:
-    ext = "qcow2" if image.get("format") == "qcow2" else "img"
+def image_output(cluster: str, name: str, image: Image, out_dir: Path) -> Path:
+    ext = "qcow2" if image.format == "qcow2" else "img"
     return out_dir / cluster / f"{name}.{ext}"
 
 
-def resolve_format(image: dict[str, Any]) -> str:
-    fmt = image.get("format")
-    if fmt in ("raw", "qcow2"):
-        return str(fmt)
-    return "qcow2" if image.get("type") == "cloud" else "raw"
-
-
-def _host_facts(data: dict[str, Any], h: str) -> dict[str, Any]:
-    host = data["hosts"][h]
-    return {"name": h, **{k: v for k, v in host.items() if k != "extends"}}
-
-
-def _overlay_layers(data: dict[str, Any], os_name: str, hosts: list[str], per_host_root: bool
+def _overlay_layers(model: ProfileModel, os_name: str, hosts: list[str], per_host_root: bool
                     ) -> tuple[list[list[str]], dict[str, list[list[str]]]]:
     """Overlay folders: those laid over the root, and (installer sticks) those kept per host."""
-    osdef = data["oses"][os_name]
+    osdef = model.oses[os_name]
     root: list[list[str]] = [["base", str(OVERLAYS_DIR / "base")],
                              [f"os/{os_name}", str(OVERLAYS_DIR / "os" / os_name)]]
-    root += [[f"profile:{p}", p] for p in osdef.get("overlays") or []]
+    root += [[f"profile:{p}", p] for p in osdef.overlays or ()]
     per_host: dict[str, list[list[str]]] = {}
     for h in hosts:
-        host = data["hosts"][h]
-        role_name = host["role"]
-        role = data["roles"][role_name]
+        host = model.hosts[h]
+        role_name = host.role
+        role = model.roles[role_name]
         # On a stick, each host's tree is what first boot lays over the installed system: the
         # base and OS layers again (rendered for this host: hostname, network, host.json) and
         # the role's and host's own.
         layers = list(root) if not per_host_root else []
         layers += [[f"role/{role_name}", str(OVERLAYS_DIR / "role" / role_name)]]
-        layers += [[f"profile:{p}", p] for p in role.get("overlays") or []]
+        layers += [[f"profile:{p}", p] for p in role.overlays]
         layers += [[f"host/{h}", str(OVERLAYS_DIR / "host" / h)]]
-        layers += [[f"profile:{p}", p] for p in host.get("overlays") or []]
+        layers += [[f"profile:{p}", p] for p in host.overlays]
         per_host[h] = layers
     if per_host_root:
         (only,) = hosts
@@ -191,16 +157,17 @@ def _overlay_layers(data: dict[str, Any], os_name: str, hosts: list[str], per_ho
 def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict[str, str] | None = None,
               only: list[str] | None = None) -> Plan:
     """Declare every stage of building ``profile`` (a :class:`builder.profile.Profile`)."""
-    data: dict[str, Any] = profile.data
+    model: ProfileModel = profile.model
+    data: dict[str, Any] = profile.data  # stage inputs are its plain JSON (equal to model.to_json())
     cluster = data["cluster"]
-    cname = str(cluster["name"])
+    cname = model.cluster.name
     out_root = Path(out_dir)
     stages: dict[str, Stage] = {}
     rootfs_by_spec: dict[RootfsSpec, Stage] = {}
     images: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     code_hash = onhost_code_hash()
-    addresses = {h: {"role": v["role"], "address": v.get("address")} for h, v in data["hosts"].items()}
+    addresses = {h: {"role": v.role, "address": v.address} for h, v in model.hosts.items()}
     secrets_digest = secrets_digest or {}
 
     def add(stage: Stage) -> Stage:
@@ -208,41 +175,42 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         stages[stage.name] = stage
         return stage
 
-    selected = [n for n in data.get("images", {}) if not only or n in only]
-    for missing in sorted(set(only or []) - set(data.get("images", {}))):
-        raise PlanError(f"no image named {missing!r} in the profile (images: {', '.join(data['images'])})")
+    selected = [n for n in model.images if not only or n in only]
+    for missing in sorted(set(only or []) - set(model.images)):
+        raise PlanError(f"no image named {missing!r} in the profile (images: {', '.join(model.images)})")
 
     for img_name in selected:
+        img = model.images[img_name]
         image = data["images"][img_name]
-        hosts = image_hosts(image)
+        hosts = list(img.hosts)
         if not hosts:
             raise PlanError(f"images.{img_name}: names no host")
-        installer = image["type"] == "usb-installer"
-        oses = image_oses(data, image)
-        fmt = resolve_format(image)
+        installer = img.installer
+        oses = model.oses_of_image(img)
+        fmt = img.format
         os_parts: list[str] = []
         os_overlays: list[str] = []
         boot_entries: list[dict[str, Any]] = []
         iso_sources: dict[str, str] = {}  # ISO entry -> the user's file
         for os_name in oses:
+            osm = model.oses[os_name]
             osdef = data["oses"][os_name]
-            kind = osdef.get("kind", "system")
-            if kind == "iso":
+            kind = osm.kind
+            if not osm.is_debian:
                 if installer:
-                    iso_sources[os_name] = str(osdef["path"])
+                    iso_sources[os_name] = str(osm.path)
                 else:
                     warnings.append(f"images.{img_name}: OS {os_name!r} is an ISO, booted from a usb-installer "
-                                    f"stick only; this {image['type']} image leaves it out")
+                                    f"stick only; this {img.type} image leaves it out")
                 continue
-            users_of_os = [h for h in hosts if os_name in data["roles"][data["hosts"][h]["role"]]["os"]]
-            pkgs: set[str] = set(osdef.get("packages") or [])
+            users_of_os = [h for h in hosts if os_name in model.oses_of_host(h)]
+            pkgs: set[str] = set(osm.packages or ())
             if kind == "system":
                 for h in users_of_os:
-                    pkgs |= set(data["roles"][data["hosts"][h]["role"]].get("packages") or [])
-                    pkgs |= set(data["hosts"][h].get("packages") or [])
-            spec = RootfsSpec(suite=str(osdef.get("suite", "bookworm")),
-                              mirror=str(osdef.get("mirror", "http://deb.debian.org/debian")),
-                              packages=tuple(sorted(pkgs)), locale=str(cluster.get("locale", "C.UTF-8")))
+                    pkgs |= set(model.role_of(h).packages)
+                    pkgs |= set(model.hosts[h].packages)
+            spec = RootfsSpec(suite=str(osm.suite), mirror=str(osm.mirror), packages=tuple(sorted(pkgs)),
+                              locale=model.cluster.locale)
             rootfs = rootfs_by_spec.get(spec)
             if rootfs is None and kind == "rescue":
                 # A rescue system may run from a system OS's root when that has all it asks for:
@@ -260,9 +228,9 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                 }, params={"spec": spec}))
                 rootfs_by_spec[spec] = rootfs
 
-            root_layers, host_layers = _overlay_layers(data, os_name, users_of_os, per_host_root=not installer)
-            facts_hosts = [_host_facts(data, h) for h in users_of_os]
-            roles = {data["hosts"][h]["role"]: data["roles"][data["hosts"][h]["role"]] for h in users_of_os}
+            root_layers, host_layers = _overlay_layers(model, os_name, users_of_os, per_host_root=not installer)
+            facts_hosts = [{"name": h, **data["hosts"][h]} for h in users_of_os]
+            roles = {model.hosts[h].role: data["roles"][model.hosts[h].role] for h in users_of_os}
             single = None if installer else users_of_os[0]
             ov_inputs: dict[str, Any] = {
                 "cluster": cluster, "os": {"name": os_name, **osdef}, "image": {"name": img_name, **image},
@@ -295,20 +263,20 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                 part = add(Stage("rescue", f"rescue:{img_name}/{os_name}", {"compress": "zstd"},
                                  deps=[rootfs.name, overlay.name]))
                 cmdline = ["rdinit=/sbin/init", *cmdline]
-            boot_entries.append({"os": os_name, "kind": kind, "title": os_title(os_name, osdef),
-                                 "cmdline": " ".join([*cmdline, *(osdef.get("cmdline") or [])]),
+            boot_entries.append({"os": os_name, "kind": kind, "title": osm.title(os_name),
+                                 "cmdline": " ".join([*cmdline, *(osm.cmdline or ())]),
                                  "rootfs": rootfs.name, "payload": part.name, "overlay": overlay.name,
                                  "partuuid": part_uuid})
         if not boot_entries:
             raise PlanError(f"images.{img_name}: none of its OSes can be built")
-        for path in image.get("isos") or []:
+        for path in img.isos or ():
             iso_sources[iso_entry_name(path)] = str(path)
         # ISO entries come last: the default entry is always one of the cluster's own systems.
         iso_fs_uuid = str(uuid.uuid5(IMAGE_PARTUUID_NS, f"{cname}/{img_name}/isos-fs"))
         for name, path in iso_sources.items():
-            osdef = data["oses"].get(name) or {}
-            boot_entries.append({"os": name, "kind": "iso", "title": str(osdef.get("label") or
-                                                                           f"{name} (ISO {Path(path).name})"),
+            iso_os = model.oses.get(name)  # an ISO OS of the profile, or one of the image's isos
+            boot_entries.append({"os": name, "kind": "iso",
+                                 "title": (iso_os.label if iso_os else None) or f"{name} (ISO {Path(path).name})",
                                  "fs_uuid": iso_fs_uuid})
         esp = add(Stage("esp", f"esp:{img_name}", {
             "entries": [{k: v for k, v in e.items() if k not in ("rootfs", "payload", "overlay")}
@@ -317,7 +285,7 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         }, deps=sorted({e["rootfs"] for e in boot_entries if "rootfs" in e}
                        | {e["payload"] for e in boot_entries if e["kind"] == "rescue"}),
             params={"entries": boot_entries}))
-        output = image_output(cname, img_name, {**image, "format": fmt}, out_root)
+        output = image_output(cname, img_name, img, out_root)
         parts = [{"name": "ESP", "stage": esp.name, "type": ESP_TYPE, "uuid": partuuid(cname, img_name, "esp"),
                   "legacy_boot": True}]
         for e in boot_entries:
@@ -334,7 +302,7 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
             parts.append({"name": "isos", "stage": isos.name, "type": LINUX_DATA_TYPE,
                           "uuid": partuuid(cname, img_name, "isos")})
         add(Stage("image", f"image:{img_name}", {
-            "size": int(image["size"]), "format": fmt, "type": image["type"], "partitions": parts,
+            "size": img.size, "format": fmt, "type": img.type, "partitions": parts,
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),
             "secrets": {h: secrets_digest.get(h, "to generate")
                         for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
@@ -342,7 +310,7 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
             "register": secrets_digest.get("hosts.json", "to generate"),
         }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays, *([f"isos:{img_name}"] if iso_sources else [])],
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))
-        images[img_name] = {"type": image["type"], "hosts": hosts,
+        images[img_name] = {"type": img.type, "hosts": hosts,
                             "oses": [e["os"] for e in boot_entries if e["kind"] != "iso"],
                             "isos": iso_facts, "output": str(output), "format": fmt}
     plan = Plan(cluster=cname, profile_path=str(profile.path), stages=stages, images=images, warnings=warnings)
@@ -353,21 +321,16 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
 def add_tool_versions(plan: Plan) -> None:
     """Tool versions and boot loader binaries join the stage inputs: a new mmdebstrap, mke2fs or
     systemd-boot may make different output from equal settings. (Asking a tool its version is
-    the only thing planning runs.)"""
-    from builder.stages.esp import boot_files_digest
-    from builder.stages.isoboot import grub_files_digest
+    the only thing planning runs.) Each kind declares its tools and extra inputs (its module
+    under builder/stages/)."""
     from builder.tools import tool_version
 
-    tools = {"rootfs": ["mmdebstrap"], "rootpart": ["mke2fs"], "esp": ["mkfs.vfat", "syslinux"],
-             "isos": ["mke2fs"], "image": ["sfdisk", "debugfs", "qemu-img"]}
     for s in plan.ordered():
-        if s.kind in tools:
-            s.inputs["tools"] = {t: tool_version(t) for t in tools[s.kind]}
-        if s.kind == "esp":
-            s.inputs["boot_files"] = boot_files_digest()
-            if any(e["kind"] == "iso" for e in s.inputs["entries"]):
-                s.inputs["tools"]["grub-mkimage"] = tool_version("grub-mkimage")
-                s.inputs["boot_files"].update(grub_files_digest())
+        kind = KINDS[s.kind]
+        tools = kind.tools_for(s)
+        if tools:
+            s.inputs["tools"] = {t: tool_version(t) for t in tools}
+        s.inputs.update(kind.inputs_for(s))
         s.key = stage_key(s.kind, s.inputs, [plan.stages[d].key for d in s.deps])
 
 
@@ -377,7 +340,7 @@ def describe_plan(profile: Any, cache_dir: str | os.PathLike[str] | None = None,
     from builder.cache import StageCache
     from builder.secrets import secret_owners, secrets_digest
 
-    digest = secrets_digest(Path(out_dir), profile.name, secret_owners(profile.data))
+    digest = secrets_digest(Path(out_dir), profile.name, secret_owners(profile.model))
     plan = make_plan(profile, out_dir=out_dir, secrets_digest=digest)
     cache = StageCache(Path(cache_dir) if cache_dir else None)
     try:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from builder.stages.ext4edit import Put, place
+from builder.tools import ToolError
+from core.disk.tools import InstallError
 
 
 def _fsck_clean(img: Path) -> bool:
@@ -41,3 +45,34 @@ def test_placing_into_existing_folders_twice_keeps_fsck_clean(tmp_path: Path) ->
     stat = subprocess.run(["debugfs", "-R", "stat /etc/clusterctl", str(img)], capture_output=True, text=True,
                           check=True).stdout
     assert "Mode:  0700" in stat
+
+
+def test_one_debugfs_wrapper_the_installers() -> None:
+    """The builder's placing goes through core.disk.ext4 (quoting, benign complaints, running
+    debugfs); ext4edit keeps only what is the builder's own."""
+    import ast
+
+    import builder.stages.ext4edit as ext4edit
+    from core.disk import ext4
+
+    src = Path(ext4edit.__file__).read_text()
+    names = {n.id for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Name)}
+    assert "subprocess" not in names and "_BENIGN" not in src and "def _q" not in src
+    assert ext4edit.Put is ext4.Put
+    assert ext4.quote("/etc/x y") == '"/etc/x y"'
+    with pytest.raises(InstallError, match="quotes"):
+        ext4.quote('/etc/"x"')
+    for line in ("debugfs 1.47.0 (5-Feb-2023)", "rm: File not found by ext2_lookup while trying to resolve filename",
+                 "unlink: File not found by ext2_lookup while unlinking x", "Allocated inode: 12", ""):
+        assert ext4.BENIGN.match(line), line
+    assert not ext4.BENIGN.match("write: Could not allocate block in ext2 filesystem while writing file")
+
+
+def test_a_failed_placement_names_the_stage_log(tmp_path: Path) -> None:
+    img = tmp_path / "not-ext4.img"
+    with open(img, "wb") as f:
+        f.truncate(8 * 2**20)
+    log = tmp_path / "log"
+    with pytest.raises(ToolError, match="debugfs could not place the overlay") as err:
+        place(img, 0, [Put("/etc/x", "dir")], log)
+    assert err.value.log == log and "Bad magic number" in log.read_text()

@@ -11,22 +11,22 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from builder.stages.isoboot import build_grub_pair
+from builder.stages.isoboot import build_grub_pair, grub_files_digest
+from builder.stages.kind import StageContext, StageKind, file_sha256
+from builder.stages.rootfs import read_member
 from builder.tools import LineSink, ToolRunner
 from core.disk.bootmenu import ISOBOOT_DIR, BootEntry, menus
+
+if TYPE_CHECKING:
+    from builder.plan import Stage
 
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
 GPTMBR = Path("/usr/lib/SYSLINUX/gptmbr.bin")
 MiB = 1024 * 1024
 MIN_ESP = 128 * MiB  # FAT32 wants at least 65525 clusters; sparse, so free space costs nothing
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def boot_files_digest() -> dict[str, str]:
@@ -93,3 +93,47 @@ def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Pat
     run(["syslinux", "--install", "--directory", "/syslinux", str(out)], env=env)
     shutil.rmtree(stage, ignore_errors=True)
     return {"size": size, "content_bytes": content, "sha256": file_sha256(out)}
+
+
+def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
+    payloads: dict[str, tuple[Path, Path]] = {}
+    kernels: dict[str, str] = {}
+    for e in stage.params["entries"]:
+        if e["kind"] == "iso":
+            continue  # its GRUB is made from the entry alone
+        rootfs = ctx.results[e["rootfs"]]
+        assert rootfs.path is not None
+        version = sorted(rootfs.record["kernels"])[-1]
+        kernels[e["os"]] = version
+        k = work / f"{e['os']}.vmlinuz"
+        read_member(rootfs.path, rootfs.record["kernels"][version]["kernel"], k)
+        if e["kind"] == "rescue":
+            rescue = ctx.results[e["payload"]]
+            assert rescue.path is not None
+            initrd = rescue.path
+        else:
+            initrd = work / f"{e['os']}.initrd"
+            read_member(rootfs.path, rootfs.record["kernels"][version]["initrd"], initrd)
+        payloads[e["os"]] = (k, initrd)
+    out = work / "esp.vfat"
+    rec = build_esp(stage.inputs["entries"], payloads, stage.inputs["default"], stage.inputs["timeout_s"],
+                    stage.inputs["hidden_sectors"], out, work, log, ctx.on_line(stage))
+    return {**rec, "kernels": kernels}, out
+
+
+def _has_isos(stage: Stage) -> bool:
+    return any(e["kind"] == "iso" for e in stage.inputs["entries"])
+
+
+def extra_tools(stage: Stage) -> list[str]:
+    """An ESP with ISO entries also holds a GRUB per entry (builder/stages/isoboot.py)."""
+    return ["grub-mkimage"] if _has_isos(stage) else []
+
+
+def extra_inputs(stage: Stage) -> dict[str, Any]:
+    """The boot loader binaries the ESP is made from (and GRUB's, with ISO entries)."""
+    return {"boot_files": {**boot_files_digest(), **(grub_files_digest() if _has_isos(stage) else {})}}
+
+
+KIND = StageKind(name="esp", version=1, tools=("mkfs.vfat", "syslinux"), run=run,
+                 extra_tools=extra_tools, extra_inputs=extra_inputs)

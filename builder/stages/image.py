@@ -10,13 +10,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.bmap import write_bmap
+from builder.secrets import (
+    IDENTITY_IN_ROOT,
+    STICK_HOSTS,
+    host_secret_files,
+    identity_files,
+    installer_identity,
+    register_bytes,
+    secret_owners,
+)
 from builder.sparse import copy_sparse
+from builder.stages import ext4edit
 from builder.stages.esp import GPTMBR
+from builder.stages.kind import StageContext, StageKind
 from builder.tools import LineSink, ToolRunner
 from core.disk import gpt
+
+if TYPE_CHECKING:
+    from builder.plan import Stage
 
 SECTOR = 512
 ALIGN = 1024 * 1024
@@ -95,3 +109,82 @@ def finish(tmp: Path, final: Path, fmt: str, log: Path, on_line: LineSink | None
         os.replace(tmp, final)
         facts["bmap"] = {"path": bmap_path.name, "mapped_bytes": bmap.mapped_blocks * bmap.block_size}
     return facts
+
+
+def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], None]:
+    final = Path(stage.inputs["output"])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # The old image goes first: from here until the rename, the final path holds no image
+    # (never a stale one beside a new manifest, never a half-written one).
+    for p in (final, final.with_name(final.name + ".bmap"), ctx.cluster_dir / "manifest.json"):
+        p.unlink(missing_ok=True)
+    files = {s: ctx.results[s].path for s in stage.deps}
+    placed = layout(stage.inputs["partitions"], files, stage.inputs["size"])  # type: ignore[arg-type]
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    try:
+        assemble(placed, stage.inputs["size"], stage.inputs["disk_uuid"], tmp, log)
+        for spec, part in zip(stage.inputs["partitions"], placed, strict=True):
+            if spec.get("overlay"):
+                _personalise(ctx, stage, spec["overlay"], tmp, part.start, work, log)
+        facts = finish(tmp, final, stage.inputs["format"], log)
+    finally:
+        tmp.unlink(missing_ok=True)
+    st = final.stat()
+    return {"size": st.st_size, "allocated": st.st_blocks * 512, "mtime_ns": st.st_mtime_ns,
+            "partitions": [{"name": p.name, "start": p.start, "size": p.size, "uuid": p.uuid} for p in placed],
+            **facts}, None
+
+
+def _personalise(ctx: StageContext, stage: Stage, overlay_stage: str, img: Path, offset: int, work: Path,
+                 log: Path) -> None:
+    """Write an OS's overlay and the hosts' secrets into the image's copy of its root."""
+    overlay = ctx.results[overlay_stage]
+    assert overlay.path is not None
+    scratch = work / overlay_stage.replace(":", "_").replace("/", "_")
+    scratch.mkdir()
+    puts = ext4edit.puts_from_tar(overlay.path, scratch)
+    owners: list[tuple[str, str]] = []
+    if stage.params["installer"]:
+        # The stick's own identity while it runs as an installer; each host's keys wait
+        # under /var/lib/clusterctl/hosts/<host>/ssh for first boot to install them.
+        owners.append((installer_identity(stage.params["image_name"]), "/etc/ssh"))
+        owners += [(h, f"/var/lib/clusterctl/hosts/{h}/ssh") for h in stage.params["hosts"]]
+    else:
+        owners += [(h, "/etc/ssh") for h in stage.params["hosts"]]
+    for h, base in owners:
+        if base != "/etc/ssh":
+            puts.append(ext4edit.Put(base, "dir", 0o700))
+        for src, name, mode in host_secret_files(ctx.out_dir, ctx.profile_name, h):
+            puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))
+    puts += _identity_puts(ctx, stage, work)
+    ext4edit.place(img, offset, puts, log)
+
+
+def _identity_puts(ctx: StageContext, stage: Stage, work: Path) -> list[ext4edit.Put]:
+    """A disk/cloud image: its host's identity at /etc/clusterctl/identity/. A stick: each
+    host's at /var/lib/clusterctl/hosts/<host>/identity/ for first boot to copy. Both with
+    the register of the profile's hosts (public, 0644) beside it."""
+    register = work / "hosts.json"
+    if not register.exists():
+        register.write_bytes(register_bytes(ctx.out_dir, ctx.profile_name, secret_owners(ctx.data)))
+        register.chmod(0o644)
+    folders = ([(h, f"{STICK_HOSTS}/{h}/identity") for h in stage.params["hosts"]] if stage.params["installer"]
+               else [(h, IDENTITY_IN_ROOT) for h in stage.params["hosts"]])
+    puts: list[ext4edit.Put] = []
+    for h, base in folders:
+        puts.append(ext4edit.Put(base, "dir", 0o700))
+        for src, name, mode in identity_files(ctx.out_dir, ctx.profile_name, h):
+            puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))
+        puts.append(ext4edit.Put(f"{base}/hosts.json", "file", 0o644, src=register))
+    return puts
+
+
+def is_current(cache: Any, stage: Stage) -> bool:
+    """An image is reused when its output file is the one this key produced (it lives in
+    images/, not in the cache)."""
+    from builder.plan import image_is_current
+
+    return image_is_current(cache, "", stage)
+
+
+KIND = StageKind(name="image", version=1, tools=("sfdisk", "debugfs", "qemu-img"), run=run, is_current=is_current)

@@ -29,12 +29,12 @@ from typing import Any
 
 from builder.tools import LineSink, ToolRunner
 from core.disk.bootmenu import ISOBOOT_DIR
+from core.disk.gpt import LINUX_DATA_TYPE as LINUX_DATA_TYPE  # the ISO partition's type (re-exported)
 
 GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
 LNXBOOT = GRUB_PC_DIR / "lnxboot.img"
 ISOS_LABEL = "clusterctl-isos"
-LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 MiB = 1024 * 1024
 
 # Built into every GRUB image: no module files are read at boot (``insmod`` of one of these

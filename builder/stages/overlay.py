@@ -24,12 +24,18 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import yaml
 
+from builder.stages.kind import StageContext, StageKind
+from builder.stages.rootfs import read_member_bytes
 from builder.stages.users import add_users
+
+if TYPE_CHECKING:
+    from builder.plan import Stage
+from core.model import Profile
 
 META_FILE = "overlay.yaml"
 FIXED_MTIME = 1700000000  # reproducible tarballs: same inputs, same bytes
@@ -162,7 +168,7 @@ def write_tar(entries: dict[str, Entry], out: Path) -> None:
 def template_context(data: dict[str, Any], os_name: str, image_name: str, host: str | None,
                      installer_hosts: list[str], version: str) -> dict[str, Any]:
     cluster = data["cluster"]
-    lan = cluster.get("network", {}).get("lan", "dhcp")
+    lan = cluster["network"]["lan"]
     prefix = ipaddress.ip_network(lan).prefixlen if lan != "dhcp" else None
     hostdef = data["hosts"][host] if host else None
     role = hostdef["role"] if hostdef else None
@@ -182,9 +188,14 @@ def template_context(data: dict[str, Any], os_name: str, image_name: str, host: 
     }
 
 
-def build_overlay(data: dict[str, Any], params: dict[str, Any], accounts_files: dict[str, str],
+def build_overlay(profile: Profile | dict[str, Any], params: dict[str, Any], accounts_files: dict[str, str],
                   onhost: dict[str, Path], version: str, out: Path) -> dict[str, Any]:
-    """Render the overlay of one OS on one image into the tarball ``out``."""
+    """Render the overlay of one OS on one image into the tarball ``out``.
+
+    ``profile`` is the resolved profile: the model, or its JSON (read into the model here, so a
+    profile.json that host code could not read back is never written)."""
+    model = profile if isinstance(profile, Profile) else Profile.from_json(profile)
+    data = model.to_json()
     os_name, image_name = params["os_name"], params["image_name"]
     host = params["single_host"]
     candidates = params["hosts"] if params["installer"] else []
@@ -201,9 +212,8 @@ def build_overlay(data: dict[str, Any], params: dict[str, Any], accounts_files: 
     entries["usr/lib/clusterctl/VERSION"] = Entry("file", data=(version + "\n").encode())
     # First boot matches against the whole profile; the agent reads exports, addresses and
     # fusion settings of every host from it.
-    entries["etc/clusterctl/profile.json"] = Entry(
-        "file", data=json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o640)
-    files, accounts = add_users(accounts_files, data["cluster"].get("users") or [])
+    entries["etc/clusterctl/profile.json"] = Entry("file", data=model.dumps().encode(), mode=0o640)
+    files, accounts = add_users(accounts_files, data["cluster"]["users"])
     for path, text in files.items():
         shadowish = path in ("etc/shadow", "etc/gshadow")
         entries[path] = Entry("file", data=text.encode(), mode=0o640 if shadowish else 0o644,
@@ -219,3 +229,16 @@ def build_overlay(data: dict[str, Any], params: dict[str, Any], accounts_files: 
     return {"files": sum(1 for e in entries.values() if e.kind == "file"),
             "bytes": sum(len(e.data) for e in entries.values()),
             "users": {a.name: a.uid for a in accounts}}
+
+
+def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
+    rootfs = ctx.dep(stage, "rootfs")
+    assert rootfs.path is not None
+    accounts = {name: read_member_bytes(rootfs.path, where).decode()
+                for name, where in rootfs.record["accounts"].items()}
+    out = work / "overlay.tar"
+    rec = build_overlay(ctx.data, stage.params, accounts, ctx.onhost, ctx.version, out)
+    return rec, out
+
+
+KIND = StageKind(name="overlay", version=1, tools=(), run=run)

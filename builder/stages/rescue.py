@@ -11,9 +11,13 @@ from __future__ import annotations
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from builder.stages.kind import StageContext, StageKind
 from builder.tools import ToolError
+
+if TYPE_CHECKING:
+    from builder.plan import Stage
 
 # Not needed by a rescue shell and most of the weight: GPU, sound, wireless, media drivers,
 # the regular initramfs and kernel image (the bootloader loads those from the ESP).
@@ -138,3 +142,13 @@ def build_rescue(rootfs_tar: Path, overlay_tar: Path, out: Path, log: Path) -> d
         if proc.wait() != 0:
             raise ToolError("zstd failed while packing the rescue system", log)
     return {"uncompressed": cpio.written, "size": out.stat().st_size}
+
+
+def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
+    rootfs, overlay = ctx.dep(stage, "rootfs"), ctx.dep(stage, "overlay")
+    assert rootfs.path is not None and overlay.path is not None
+    out = work / "rescue.cpio.zst"
+    return build_rescue(rootfs.path, overlay.path, out, log), out
+
+
+KIND = StageKind(name="rescue", version=1, tools=(), run=run)

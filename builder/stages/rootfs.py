@@ -12,9 +12,13 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from builder.stages.kind import StageContext, StageKind
 from builder.tools import LineSink, ToolRunner
+
+if TYPE_CHECKING:
+    from builder.plan import Stage
 
 # What every root needs: a kernel, systemd, udev, and the Python the on-host code runs on.
 BASE_PACKAGES: tuple[str, ...] = (
@@ -170,3 +174,14 @@ def read_member(tar_path: Path, where: dict[str, int], dest: Path) -> None:
                 raise OSError(f"{tar_path} ends before its member at {where['offset']}")
             out.write(chunk)
             left -= len(chunk)
+
+
+def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
+    out = work / "rootfs.tar"
+    rec = build_rootfs(stage.params["spec"], out, log, ctx.on_line(stage))
+    if not rec["kernels"]:
+        raise RuntimeError("the root file system has no kernel in /boot")
+    return rec, out
+
+
+KIND = StageKind(name="rootfs", version=1, tools=("mmdebstrap",), run=run)

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from builder.stages.kind import StageContext, StageKind, file_sha256
 from builder.tools import LineSink, ToolRunner, userns_prefix
+
+if TYPE_CHECKING:
+    from builder.plan import Stage
 
 MiB = 1024 * 1024
 
@@ -40,3 +45,16 @@ def build_rootpart(rootfs_tar: Path, out: Path, work: Path, *, label: str, fs_uu
                     label, fs_uuid])
     finally:
         shutil.rmtree(tree, ignore_errors=True)
+
+
+def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[str, Any], Path]:
+    rootfs = ctx.dep(stage, "rootfs")
+    assert rootfs.path is not None
+    size = partition_size(rootfs.record["content_bytes"], stage.inputs["headroom_mib"])
+    out = work / "root.ext4"
+    build_rootpart(rootfs.path, out, work, label=stage.inputs["label"], fs_uuid=stage.inputs["fs_uuid"],
+                   size=size, log=log, on_line=ctx.on_line(stage), scratch=ctx.ram_scratch())
+    return {"size": size, "sha256": file_sha256(out)}, out
+
+
+KIND = StageKind(name="rootpart", version=1, tools=("mke2fs",), run=run)

@@ -1,7 +1,9 @@
 """Reading and changing files in an ext4 file system inside a disk, with debugfs (no mount).
 
-The same calls work on a target disk (a block device) and on a sparse test file, through
-e2fsprogs' ``?offset=`` device option.
+The same calls work on a target disk (a block device), on a sparse test file, and on an image
+file the builder is assembling, through e2fsprogs' ``?offset=`` device option. This is the one
+debugfs wrapper: quoting, the filter of debugfs' harmless complaints, and running a script are
+here, for the installer (first boot) and the builder (an image's copy of a root) alike.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path, PurePosixPath
 
 from core.disk.tools import InstallError, ext4
 
-# debugfs reports these and carries on; anything else on stderr is a failure.
-_BENIGN = re.compile(r"^(debugfs [\d.]+ \(|"
-                     r"rm: File not found by ext2_lookup|Allocated inode: \d+|$)")
+# debugfs keeps going after a failed command and reports these expected ones (a file that is
+# not there to remove; its banner; inode allocation notes). Anything else on stderr is a failure.
+BENIGN = re.compile(r"^(debugfs [\d.]+ \(|rm: File not found by ext2_lookup|unlink: .*File not found|"
+                    r"Allocated inode: \d+|$)")
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,88 @@ class Entry:
         return (self.mode & 0o170000) == 0o040000
 
 
-def _q(path: str) -> str:
+@dataclass(frozen=True)
+class Put:
+    """One thing to place: a file (from ``src``), a folder, or a symlink (to ``target``)."""
+
+    path: str  # absolute, inside the file system
+    kind: str  # "file" | "dir" | "link"
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    src: Path | None = None
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class DebugfsRun:
+    """What one debugfs run said: its output, the stderr lines that are not benign, its status."""
+
+    stdout: str
+    errors: list[str]
+    returncode: int
+
+
+def quote(path: str, stage: str = "identity") -> str:
+    """A path as one debugfs argument (debugfs has no escapes: quotes and newlines are refused)."""
     if '"' in path or "\n" in path:
-        raise InstallError("identity", f"cannot handle a path with quotes or newlines: {path!r}")
+        raise InstallError(stage, f"cannot handle a path with quotes or newlines: {path!r}")
     return f'"{path}"'
+
+
+_q = quote
+
+
+def run_debugfs(target: str, commands: list[str], write: bool = False) -> DebugfsRun:
+    """Run ``commands`` (one debugfs script, read from stdin) on ``target`` (``disk?offset=N``)."""
+    argv = ["debugfs", *(["-w"] if write else []), "-f", "-", target]
+    proc = subprocess.run(argv, input="\n".join(commands).encode() + b"\n", capture_output=True,
+                          env={**os.environ, "LC_ALL": "C"})
+    err = proc.stderr.decode("utf-8", "replace")
+    bad = [line for line in err.splitlines() if not BENIGN.match(line.strip())]
+    return DebugfsRun(proc.stdout.decode("utf-8", "replace"), bad, proc.returncode)
+
+
+def folders_of(puts: list[Put]) -> list[str]:
+    """Every folder the placements need: their parents and the folders they name."""
+    out: dict[str, None] = {}
+    for p in puts:
+        parts = p.path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            out["/" + "/".join(parts[:i])] = None
+        if p.kind == "dir":
+            out[p.path] = None
+    return list(out)
+
+
+def script_for(puts: list[Put], existing: set[str], stage: str = "overlay") -> list[str]:
+    """debugfs commands for ``puts``. Only folders not in ``existing`` are made: debugfs 1.47.0's
+    mkdir of a folder that is already there can corrupt the file system (e2fsck then finds
+    wrong link counts and an unconnected inode)."""
+    cmds: list[str] = []
+    made: set[str] = set(existing)
+    for p in puts:
+        q = quote(p.path, stage)
+        parts = p.path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in made:
+                made.add(d)
+                cmds.append(f"mkdir {quote(d, stage)}")
+        if p.kind == "dir":
+            if p.path not in made:
+                cmds.append(f"mkdir {q}")
+            # Folders the root already has keep their mode unless the overlay asks for another.
+            if (p.mode, p.uid, p.gid) != (0o755, 0, 0):
+                cmds += [f"sif {q} mode 0{0o040000 | p.mode:o}", f"sif {q} uid {p.uid}", f"sif {q} gid {p.gid}"]
+        elif p.kind == "link":
+            cmds += [f"rm {q}", f"symlink {q} {quote(p.target, stage)}"]
+        else:
+            assert p.src is not None
+            cmds += [f"rm {q}", f"write {quote(str(p.src), stage)} {q}", f"sif {q} mode 0{0o100000 | p.mode:o}",
+                     f"sif {q} uid {p.uid}", f"sif {q} gid {p.gid}"]
+        made.add(p.path)
+    return cmds
 
 
 class Ext4:
@@ -46,16 +127,27 @@ class Ext4:
         self.stage = stage
 
     def debugfs(self, commands: list[str], write: bool = False) -> str:
+        """Run a debugfs script; its output. A failure (any non-benign complaint, when writing)
+        raises :class:`InstallError` naming this file system's stage."""
         if not commands:
             return ""
-        argv = ["debugfs", *(["-w"] if write else []), "-f", "-", self.target]
-        proc = subprocess.run(argv, input="\n".join(commands).encode() + b"\n", capture_output=True,
-                              env={**os.environ, "LC_ALL": "C"})
-        err = proc.stderr.decode("utf-8", "replace")
-        bad = [line for line in err.splitlines() if not _BENIGN.match(line.strip())]
-        if proc.returncode != 0 or (write and bad):
-            raise InstallError(self.stage, f"debugfs on {self.target}: {'; '.join(bad[:3]) or proc.returncode}")
-        return proc.stdout.decode("utf-8", "replace")
+        run = run_debugfs(self.target, commands, write)
+        if run.returncode != 0 or (write and run.errors):
+            raise InstallError(self.stage, f"debugfs on {self.target}: "
+                                           f"{'; '.join(run.errors[:3]) or run.returncode}")
+        return run.stdout
+
+    def place(self, puts: list[Put]) -> None:
+        """Apply ``puts`` (files, folders, links, with modes and owners), then read back that
+        every file and link is in its folder."""
+        if not puts:
+            return
+        self.debugfs(script_for(puts, self.existing(folders_of(puts)), self.stage), write=True)
+        dirs = sorted({str(PurePosixPath(p.path).parent) for p in puts if p.kind != "dir"})
+        listed = set(self.debugfs([f"ls {quote(d, self.stage)}" for d in dirs]).split())
+        missing = [p.path for p in puts if p.kind != "dir" and PurePosixPath(p.path).name not in listed]
+        if missing:
+            raise InstallError(self.stage, f"debugfs did not place {', '.join(missing[:3])}")
 
     def existing(self, paths: list[str]) -> set[str]:
         """Which of ``paths`` exist (one debugfs run listing each parent folder)."""

@@ -12,8 +12,10 @@ from core.disk.tools import InstallError, run
 SECTOR = 512
 MiB = 1024 * 1024
 GPT_TAIL = 33 * SECTOR  # backup entries and header at the end of the disk
+# GPT partition type GUIDs (the one definition; the builder imports them from here).
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4C1D-96E7-FBCAF984B709"
+LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # a stick's ISO partition
 
 
 @dataclass
