@@ -14,6 +14,7 @@ Stages, per image:
   esp:<image>            the EFI system partition: systemd-boot, syslinux, kernels, menus
                          (and a GRUB per ISO entry: builder/stages/isoboot.py)
   isos:<image>           a stick's ISO files in an ext4 partition (when it has ISO entries)
+  claims:<image>         a stick's CLUSTER partition (FAT) for the claim ledger (usb-installers)
   image:<image>          the disk image in images/<cluster>/: partitions copied in, each OS's
                          overlay and the hosts' secrets written into its copy; .bmap, qcow2
 """
@@ -30,10 +31,11 @@ from typing import Any
 
 from builder import __version__
 from builder.filedigest import file_digest
+from builder.stages.claims import SIZE_MIB as CLAIMS_SIZE_MIB
 from builder.stages.isoboot import ISOS_LABEL, iso_entry_name
 from builder.stages.registry import KINDS
 from builder.stages.rootfs import BASE_PACKAGES, RootfsSpec
-from core.disk.gpt import ESP_TYPE, LINUX_DATA_TYPE, ROOT_X86_64_TYPE
+from core.disk.gpt import BASIC_DATA_TYPE, CLAIMS_NAME, ESP_TYPE, LINUX_DATA_TYPE, ROOT_X86_64_TYPE
 from core.model import Image
 from core.model import Profile as ProfileModel
 
@@ -301,6 +303,13 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                                                           "label": ISOS_LABEL}, params={"sources": iso_sources}))
             parts.append({"name": "isos", "stage": isos.name, "type": LINUX_DATA_TYPE,
                           "uuid": partuuid(cname, img_name, "isos")})
+        if installer:
+            # Which box became which host: first boot keeps the ledger here (agent/firstboot/claims.py).
+            claims = add(Stage("claims", f"claims:{img_name}", {
+                "label": CLAIMS_NAME, "size_mib": CLAIMS_SIZE_MIB,
+                "volume_id": uuid.uuid5(IMAGE_PARTUUID_NS, f"{cname}/{img_name}/claims-fs").hex[:8]}))
+            parts.append({"name": CLAIMS_NAME, "stage": claims.name, "type": BASIC_DATA_TYPE,
+                          "uuid": partuuid(cname, img_name, "claims")})
         add(Stage("image", f"image:{img_name}", {
             "size": img.size, "format": fmt, "type": img.type, "partitions": parts,
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),
@@ -308,7 +317,8 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                         for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
             # Every image carries the cluster's register (hosts.json: public mesh facts of all hosts).
             "register": secrets_digest.get("hosts.json", "to generate"),
-        }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays, *([f"isos:{img_name}"] if iso_sources else [])],
+        }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays, *([f"isos:{img_name}"] if iso_sources else []),
+                 *([f"claims:{img_name}"] if installer else [])],
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))
         images[img_name] = {"type": img.type, "hosts": hosts,
                             "oses": [e["os"] for e in boot_entries if e["kind"] != "iso"],

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.disk.gpt import read_table
+from core.disk.gpt import CLAIMS_NAME, read_table
 from core.disk.tools import MTOOLS_ENV, InstallError, fat, run
 from hardware import ledger as ledger_mod
 
-PARTITION = "CLUSTER"  # the GPT partition name and the FAT label
 FILE = "claims.json"
 
 
@@ -31,11 +30,11 @@ class StickLedger:
     @classmethod
     def find(cls, stick: str, local: Path) -> StickLedger:
         try:
-            part = read_table(stick, stage="claims").by_name(PARTITION)
+            part = read_table(stick, stage="claims").by_name(CLAIMS_NAME)
         except InstallError as e:
             return cls(None, local, f"the stick's partition table could not be read ({e})")
         if part is None:
-            return cls(None, local, f"the stick has no {PARTITION} partition")
+            return cls(None, local, f"the stick has no {CLAIMS_NAME} partition")
         return cls(fat(stick, part.start), local)
 
     def fetch(self) -> dict[str, object] | None:

@@ -16,6 +16,9 @@ GPT_TAIL = 33 * SECTOR  # backup entries and header at the end of the disk
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4C1D-96E7-FBCAF984B709"
 LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # a stick's ISO partition
+# A stick's CLUSTER partition (the claim ledger): basic data, so any OS shows the FAT file system.
+BASIC_DATA_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+CLAIMS_NAME = "CLUSTER"  # that partition's GPT name and its FAT label, written by the builder, read by first boot
 
 
 @dataclass
