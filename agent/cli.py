@@ -269,8 +269,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _volumes(args: argparse.Namespace) -> int:
+    from agent import volumes
     from agent.mesh.config import ConfigError, role_volumes
-    from core import events, volumes
+    from core import events
     from hardware.detect import collect
     from hardware.selectors import SelectorError
 

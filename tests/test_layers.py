@@ -138,3 +138,30 @@ def imported_modules_of(body: list[ast.stmt]) -> list[tuple[int, str]]:
             elif isinstance(node, ast.ImportFrom) and not node.level:
                 out.append((node.lineno, node.module or ""))
     return out
+
+
+def test_every_import_of_ours_resolves() -> None:
+    """Imports inside functions run only on their path (a host's volumes service, say): each one of
+    ours must name a module that exists, and each name imported from it must be there."""
+    import importlib
+    import importlib.util
+
+    bad = []
+    for p in shipped_sources():
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if node.module.split(".")[0] not in LAYERS:
+                continue
+            where = f"{p.relative_to(ROOT)}:{node.lineno}"
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as e:
+                bad.append(f"{where}: {node.module}: {e}")
+                continue
+            for alias in node.names:
+                if not hasattr(module, alias.name) and importlib.util.find_spec(
+                        f"{node.module}.{alias.name}") is None:
+                    bad.append(f"{where}: {node.module} has no {alias.name}")
+    assert not bad, "\n".join(bad)
