@@ -2,7 +2,7 @@
 
     python bench/mesh_bench.py [--mb 48] [--runs 3] [--cache-dir DIR] [--work DIR] [--json]
 
-Builds the lab's copy of profiles/vesa-wall.yaml (tests/mesh_lab.py) with diod and two small
+Builds the lab's copy of profiles/vesa-wall.yaml (testdriver/meshlab.py) with diod and two small
 tools added (bench profile only), boots wall-1 (client) and vault (server, its 4 TB drive at
 /srv/drive) on one virtual LAN, and measures from inside wall-1, with dd and bs=1M:
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from testdriver.lan import Lan  # noqa: E402
-from tests.mesh_lab import Shell, build, host_facts, make_machine, write_profile  # noqa: E402
+from testdriver.meshlab import Shell, build, host_facts, make_machine, write_profile  # noqa: E402
 
 BOOT = 900.0
 PORT_DIOD, PORT_TCP = 5640, 5641

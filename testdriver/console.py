@@ -24,6 +24,9 @@ Event = dict[str, Any]
 # emulator hang shows as silence (see Machine's stall_reset_after).
 KERNEL_START = re.compile(r"Linux version \d")
 KERNEL_DONE = re.compile(r"Run /\S+ as init process|Freeing unused kernel|systemd\[1\]|Welcome to ")
+# A line without its newline is looked at for those marks too (a guest stopped or hung in the
+# middle of its banner line is still in the kernel), up to the longest line a kernel prints.
+PARTIAL_SCAN_MAX = 4096
 
 
 class Console:
@@ -37,6 +40,7 @@ class Console:
         self.times: list[float] = []  # seconds since start, one per event
         self.closed = False
         self._partial = b""
+        self._partial_marked = False  # the partial line's kernel mark was already taken into in_kernel
         self.last_output = time.monotonic()
         self.in_kernel = False  # between KERNEL_START and KERNEL_DONE
         self.watchdog: Callable[[], None] | None = None  # called while someone waits
@@ -58,7 +62,7 @@ class Console:
                 self._feed(chunk)
         with self._cond:
             if self._partial:
-                self._line(self._partial)
+                self._line(self._partial, marked=self._partial_marked)
                 self._partial = b""
             self.closed = True
             self._cond.notify_all()
@@ -68,17 +72,38 @@ class Console:
             self.last_output = time.monotonic()
             *complete, self._partial = (self._partial + chunk).split(b"\n")
             for raw in complete:
-                self._line(raw)
+                self._line(raw, marked=self._partial_marked)
+                self._partial_marked = False
+            self._mark_partial()
             self._cond.notify_all()  # a prompt without a newline may be what someone waits for
 
-    def _line(self, raw: bytes) -> None:
+    def _mark_partial(self) -> None:
+        """The kernel marks of the line still being written. The serial port brings a line a few
+        bytes at a time, and a guest may stop (hang, or be stopped) before its newline: the
+        banner arms the stall watchdog as soon as its bytes are here, not at the end of its line."""
+        if self._partial_marked or not self._partial or len(self._partial) > PARTIAL_SCAN_MAX:
+            return
+        text = self._partial.decode("utf-8", "replace").replace("\r", "")
+        self._partial_marked = self._kernel_mark(text)
+
+    def _kernel_mark(self, text: str) -> bool:
+        """Moves in_kernel on the kernel's banner or its end; True if ``text`` carried either."""
+        if KERNEL_START.search(text):
+            self.in_kernel = True
+            return True
+        if self.in_kernel and KERNEL_DONE.search(text):
+            self.in_kernel = False
+            return True
+        return False
+
+    def _line(self, raw: bytes, marked: bool = False) -> None:
+        """One complete line; ``marked``: its kernel mark was taken while it was partial (once
+        is enough: after a watchdog reset the rest of that line must not arm it again)."""
         text = raw.decode("utf-8", "replace").replace("\r", "")
         self.lines.append(text)
         self.line_count += 1
-        if KERNEL_START.search(text):
-            self.in_kernel = True
-        elif self.in_kernel and KERNEL_DONE.search(text):
-            self.in_kernel = False
+        if not marked:
+            self._kernel_mark(text)
         event = parse_line(text)
         if event is not None:
             self.in_kernel = False

@@ -4,6 +4,12 @@
     m.start()
     m.wait_for("ready", timeout=600)          # or a dict of fields, or a predicate on the event
     m.power_off(); m.reset(); m.kill(); m.set_link(0, up=False); m.send_serial("ls\\n")
+    out = m.succeed("cat /proc/mounts"); status, out = m.execute("ls /n"); m.fail("cat /n/x")
+    m.wait_until_succeeds("test -e /n/vault", timeout=120)
+
+The command methods (named as in the NixOS test driver) need a guest with testdriver.shell's
+guest files (the ``t`` helper, root logged in on the serial console), which a lab's overlay
+puts on the image; the first command after a boot waits for that shell to answer.
 
 Events are read live from the console (``CLUSTERCTL {...}`` lines) in arrival order; each
 ``wait_for`` consumes events up to the one it matched, so waiting twice for ``ready`` waits
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from testdriver.board import Board, Disk
 from testdriver.console import Console, Event
+from testdriver.errors import MachineError, MachineExited, MachineTimeout
 from testdriver.qemu_cmd import (
     STICK_ID,
     MachineConfig,
@@ -44,28 +51,18 @@ from testdriver.qemu_cmd import (
     uncabled_nics,
 )
 from testdriver.qmp import QMP, QMPError
+from testdriver.shell import CommandFailed, CommandResult, SerialShell
 
 if TYPE_CHECKING:
     from testdriver.lan import Lan
 
-__all__ = ["Machine", "MachineError", "MachineExited", "MachineSetupError", "MachineTimeout"]
+__all__ = ["CommandFailed", "CommandResult", "Machine", "MachineError", "MachineExited", "MachineSetupError",
+           "MachineTimeout"]
 
 Match = str | dict[str, Any] | Callable[[Event], bool]
 TAIL_LINES = 40
 STALL_RESET_AFTER = 120.0  # seconds of silence in the kernel's boot that mean a hung emulator
 _SOCK_PATH_MAX = 100  # sun_path holds 108 bytes
-
-
-class MachineError(RuntimeError):
-    """A machine did not do what a test waited for; the text explains with console and events."""
-
-
-class MachineTimeout(MachineError):
-    pass
-
-
-class MachineExited(MachineError):
-    """QEMU ended (guest power-off, crash, or a kill) before what was awaited happened."""
 
 
 def _matcher(match: Match) -> Callable[[Event], bool]:
@@ -128,6 +125,7 @@ class Machine:
         self._qmp: QMP | None = None
         self._cursor = 0
         self.started_at = 0.0
+        self._shell = SerialShell(self)
 
     @property
     def board(self) -> Board:
@@ -155,6 +153,7 @@ class Machine:
                 raise MachineSetupError(f"{argv[0]} not found: install Debian's 'qemu-system-x86' package") from None
         self.started_at = time.monotonic()
         self._cursor = 0
+        self._shell.reboot()
         try:
             sock = self._connect_serial(timeout)
             self.console = Console(sock, self.paths.console_log, self.started_at)
@@ -253,6 +252,7 @@ class Machine:
     def reset(self) -> None:
         """The reset button: the guest reboots at once, without shutting down."""
         self.qmp("system_reset")
+        self._shell.reboot()
 
     def _kernel_watchdog(self) -> None:
         """Once per machine, the reset button for a kernel gone silent before init: under TCG a
@@ -321,6 +321,43 @@ class Machine:
         if self.console is None or self.console.closed:
             raise MachineError(f"machine {self.name} has no open console")
         self.console.send(text)
+
+    # --- commands on the serial shell (testdriver/shell.py) ------------------------------------
+
+    def wait_for_shell(self, timeout: float = 120.0) -> None:
+        """Until the guest's serial shell answers a command (done by the first command anyway)."""
+        self._shell.connect(timeout)
+
+    def run_shell(self, cmd: str, timeout: float = 60.0, limit: float | None = None) -> CommandResult:
+        """Runs ``sh -c cmd`` as root in the guest: its status, stdout, stderr and duration. The
+        guest kills it after ``limit`` seconds (default 5 s before ``timeout``): status -1."""
+        return self._shell.run(cmd, timeout, limit)
+
+    def execute(self, cmd: str, timeout: float = 60.0, limit: float | None = None) -> tuple[int, str]:
+        """(status, stdout) of ``cmd``; raises only when no answer comes (MachineTimeout/Exited)."""
+        return self._shell.execute(cmd, timeout, limit)
+
+    def succeed(self, *cmds: str, timeout: float = 60.0) -> str:
+        """Runs each command; their stdout, joined. Raises CommandFailed (with the command, its status,
+        stdout and stderr) at the first whose status is not 0."""
+        return self._shell.succeed(*cmds, timeout=timeout)
+
+    def fail(self, *cmds: str, timeout: float = 60.0) -> str:
+        """Runs each command, each expected to fail; their stdout. Raises CommandFailed on a status 0."""
+        return self._shell.fail(*cmds, timeout=timeout)
+
+    def wait_until_succeeds(self, cmd: str, timeout: float = 900.0) -> str:
+        """Runs ``cmd`` again (a second after each failure) until it succeeds: its stdout. Raises
+        MachineTimeout, with the last try's status and output, if it has not within ``timeout``."""
+        return self._shell.wait_until_succeeds(cmd, timeout)
+
+    def no_answer(self, what: str, timeout: float) -> MachineError:
+        """The error for a wait that ended without its answer: the machine ended, or the deadline."""
+        console = self.console
+        if (console is not None and console.closed) or (self.proc is not None and not self.running):
+            code = self.proc.poll() if self.proc is not None else None
+            return MachineExited(self.explain(f"QEMU ended (status {code}) before {what}"))
+        return MachineTimeout(self.explain(f"{what} within {timeout:.0f} s"))
 
     # --- events -----------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Issue 7 end to end: three vesa-wall hosts in QEMU on one virtual LAN (no outside route),
 joined by the fused agent into one namespace.
 
-One session build (tests/mesh_lab.py: a copy of profiles/vesa-wall.yaml with a disk image
+One session build (testdriver/meshlab.py: a copy of profiles/vesa-wall.yaml with a disk image
 per host; cache from $CLUSTERCTL_TEST_CACHE when set), then wall-1, wall-2 (vesa-mini-pc,
 UEFI, their pinned MACs) and vault (storage-box, BIOS, four 4 TB disks) boot from their
 images. Everything is checked from inside the guests, through the serial console: the
@@ -16,6 +16,8 @@ run at once (wall-2 is powered off before the foreign machine boots).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,25 +27,20 @@ import pytest
 
 from testdriver.board import load_board
 from testdriver.lan import Lan
+from testdriver.meshlab import CABLED, FOREIGN_HOST, LAB_HOSTS, build, host_facts, make_machine, write_profile
 from testdriver.qemu import Machine
 from tests.diskroom import module_workdir
-from tests.mesh_lab import (
-    CABLED,
-    FOREIGN_HOST,
-    LAB_HOSTS,
-    Shell,
-    build,
-    cache_dir,
-    host_facts,
-    make_machine,
-    write_profile,
-)
 
 pytestmark = pytest.mark.slow
 
 BOOT = 600.0  # three TCG guests share two cores: a boot to `ready` takes minutes
 MESH = 300.0  # from ready until every peer is mounted
 FOUR_TB = 4 * 10**12
+
+
+def cache_dir(tmp: Path) -> Path:
+    env = os.environ.get("CLUSTERCTL_TEST_CACHE")
+    return Path(env) if env else tmp / "cache"
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +81,11 @@ class Lab:
         self.workdir = workdir
         self.lan = Lan("mesh").start()
         self.machines: dict[str, Machine] = {}
-        self.shells: dict[str, Shell] = {}
 
     def boot(self, host: str, images: Path) -> Machine:
         m = make_machine(host, images, self.workdir, self.lan, self.info["facts"])
         self.machines[host] = m
         m.start()
-        self.shells[host] = Shell(m)
         return m
 
     def close(self) -> None:
@@ -117,7 +112,7 @@ def _booted_lab(lab: Lab, lab_images: dict[str, Any]) -> Iterator[Lab]:
             others = set(LAB_HOSTS) - {h}
             wait_until(lab.machines[h], lambda ev, o=others: o <= mounted(ev), f"peer events for {sorted(others)}",
                        MESH)
-            lab.shells[h].wait_prompt()
+            lab.machines[h].wait_for_shell()
         yield lab
     finally:
         lab.close()
@@ -128,37 +123,38 @@ def test_each_host_sees_the_others(lab: Lab) -> None:
         errors = [e for e in lab.machines[h].events if e.get("event") == "error"]
         assert not errors, (h, errors)
     # Both of the box's ports are cabled and unpinned: the LAN address is once, on their bond.
-    vault = lab.shells["vault"]
-    addresses = vault.ok("ip -4 -o address show scope global").splitlines()
+    vault = lab.machines["vault"]
+    addresses = vault.succeed("ip -4 -o address show scope global").splitlines()
     assert len(addresses) == 1 and lab.info["facts"]["vault"]["address"] in addresses[0], addresses
     assert addresses[0].split()[1] == "lan0", addresses
     assert len(bond_ports(vault)) == 2
     for h in LAB_HOSTS:
-        sh = lab.shells[h]
+        m = lab.machines[h]
         others = sorted(set(LAB_HOSTS) - {h})
-        names = sh.ok("ls /n").split()
+        names = m.succeed("ls /n").split()
         assert set(others) <= set(names), (h, names)
-        mounts = sh.ok("cat /proc/mounts")
+        mounts = m.succeed("cat /proc/mounts")
         for o in others:
             line = next((ln for ln in mounts.splitlines() if f" /n/{o} " in ln), "")
             assert " 9p " in line and "trans=fd" in line and "nosuid" in line and "nodev" in line, (h, o, line)
-        assert sorted(sh.ok("ls /n/cluster/").split()) == sorted(LAB_HOSTS)
-        status = sh.json("clusterctl status --json")
+        assert sorted(m.succeed("ls /n/cluster/").split()) == sorted(LAB_HOSTS)
+        status = json.loads(m.succeed("clusterctl status --json"))
         online = {e["host"] for e in status["members"] if e.get("online")}
         assert online == set(LAB_HOSTS), status
         for o in others:  # each peer's role's exports
-            assert sh.ok(f"ls /n/{o}/fs/").split() == (["drive"] if o == "vault" else ["home"]), (h, o)
+            assert m.succeed(f"ls /n/{o}/fs/").split() == (["drive"] if o == "vault" else ["home"]), (h, o)
 
 
 def test_a_file_on_the_drive_is_the_same_everywhere(lab: Lab) -> None:
-    w1, w2, vault = (lab.shells[h] for h in ("wall-1", "wall-2", "vault"))
-    made = w1.ok("head -c 12000000 /dev/urandom > /tmp/blob && sha256sum < /tmp/blob && "
-                 "cp /tmp/blob /n/vault/fs/drive/blob && sync && sha256sum < /n/vault/fs/drive/blob", 180).split()
+    w1, w2, vault = (lab.machines[h] for h in ("wall-1", "wall-2", "vault"))
+    made = w1.succeed("head -c 12000000 /dev/urandom > /tmp/blob && sha256sum < /tmp/blob && "
+                      "cp /tmp/blob /n/vault/fs/drive/blob && sync && sha256sum < /n/vault/fs/drive/blob",
+                      timeout=180).split()
     digest = made[0]
     assert made[2] == digest  # written through, read back on the writer
-    assert w2.ok("sha256sum < /n/vault/fs/drive/blob", 180).split()[0] == digest
-    assert vault.ok("sha256sum < /srv/drive/blob", 60).split()[0] == digest
-    assert vault.ok("stat -c %s /srv/drive/blob").strip() == "12000000"
+    assert w2.succeed("sha256sum < /n/vault/fs/drive/blob", timeout=180).split()[0] == digest
+    assert vault.succeed("sha256sum < /srv/drive/blob", timeout=60).split()[0] == digest
+    assert vault.succeed("stat -c %s /srv/drive/blob").strip() == "12000000"
 
 
 def test_df_shows_the_storage_disks_capacity(lab: Lab) -> None:
@@ -166,80 +162,81 @@ def test_df_shows_the_storage_disks_capacity(lab: Lab) -> None:
     [vol] = [e for e in lab.machines["vault"].events if e.get("event") == "volume"]
     assert (vol["name"], vol["path"], vol["state"], vol["formatted"]) == ("drive", "/srv/drive", "mounted", True), vol
     assert vol["serial"].startswith("ZDH1") and vol["size"] == FOUR_TB, vol
-    assert lab.shells["vault"].ok("findmnt -n -o SOURCE,FSTYPE,LABEL /srv/drive").split()[1:] == ["ext4", "drive"]
-    local = int(lab.shells["vault"].ok("df -B1 --output=size /srv/drive | tail -n1"))
+    vault = lab.machines["vault"]
+    assert vault.succeed("findmnt -n -o SOURCE,FSTYPE,LABEL /srv/drive").split()[1:] == ["ext4", "drive"]
+    local = int(vault.succeed("df -B1 --output=size /srv/drive | tail -n1"))
     assert 0.95 * FOUR_TB < local <= FOUR_TB  # the real 4 TB disk, less ext4's metadata
     for h in ("wall-1", "wall-2"):
-        seen = int(lab.shells[h].ok("df -B1 --output=size /n/vault/fs/drive | tail -n1"))
+        seen = int(lab.machines[h].succeed("df -B1 --output=size /n/vault/fs/drive | tail -n1"))
         assert seen == local, (h, seen, local)
 
 
 def test_peer_state_is_the_peers_real_state(lab: Lab) -> None:
-    w1, vault = lab.shells["wall-1"], lab.shells["vault"]
-    assert w1.ok("cat /n/vault/os/hostname").strip() == "vault"
-    assert w1.ok("cat /n/vault/os/kernel/release").strip() == vault.ok("uname -r").strip()
-    assert w1.ok("cat /n/vault/os/release/VERSION_CODENAME").strip() == "bookworm"
+    w1, vault = lab.machines["wall-1"], lab.machines["vault"]
+    assert w1.succeed("cat /n/vault/os/hostname").strip() == "vault"
+    assert w1.succeed("cat /n/vault/os/kernel/release").strip() == vault.succeed("uname -r").strip()
+    assert w1.succeed("cat /n/vault/os/release/VERSION_CODENAME").strip() == "bookworm"
     box, mini = load_board("storage-box"), load_board("vesa-mini-pc")
-    assert w1.ok("cat /n/vault/hw/system/product").strip() == box.dmi.product
-    assert w1.ok("cat /n/vault/hw/system/serial").strip() == box.dmi.serial
-    assert vault.ok("cat /n/wall-1/hw/system/product").strip() == mini.dmi.product
-    assert sorted(w1.ok("ls /n/vault/hw/disks/").split()) == ["json", "sda", "sdb", "sdc", "sdd", "sde"]
+    assert w1.succeed("cat /n/vault/hw/system/product").strip() == box.dmi.product
+    assert w1.succeed("cat /n/vault/hw/system/serial").strip() == box.dmi.serial
+    assert vault.succeed("cat /n/wall-1/hw/system/product").strip() == mini.dmi.product
+    assert sorted(w1.succeed("ls /n/vault/hw/disks/").split()) == ["json", "sda", "sdb", "sdc", "sdd", "sde"]
     # Each peer's own NIC (the pinned MAC), not the reader's.
-    macs = vault.ok("cat /n/wall-2/hw/nics/json")
+    macs = vault.succeed("cat /n/wall-2/hw/nics/json")
     assert "52:54:00:a1:00:02" in macs and "52:54:00:a1:00:01" not in macs
     # Live state: uptime moves.
-    first = float(w1.ok("cat /n/vault/os/uptime"))
+    first = float(w1.succeed("cat /n/vault/os/uptime"))
     time.sleep(2)
-    assert float(w1.ok("cat /n/vault/os/uptime")) > first
+    assert float(w1.succeed("cat /n/vault/os/uptime")) > first
 
 
-def bond_ports(sh: Shell) -> list[str]:
-    return sh.ok("cat /sys/class/net/lan0/bonding/slaves").split()
+def bond_ports(m: Machine) -> list[str]:
+    return m.succeed("cat /sys/class/net/lan0/bonding/slaves").split()
 
 
-def active_port(sh: Shell) -> str:
-    return sh.ok("cat /sys/class/net/lan0/bonding/active_slave").strip()
+def active_port(m: Machine) -> str:
+    return m.succeed("cat /sys/class/net/lan0/bonding/active_slave").strip()
 
 
 def test_pulling_the_active_ports_cable_moves_the_traffic_to_the_other(lab: Lab) -> None:
-    w1, vault = lab.shells["wall-1"], lab.shells["vault"]
+    w1, vault = lab.machines["wall-1"], lab.machines["vault"]
     vault_m, w1m = lab.machines["vault"], lab.machines["wall-1"]
     first = active_port(vault)
     # The ports keep their own MACs (FailOverMACPolicy=active): that says which NIC is active.
-    mac = vault.ok(f"cat /sys/class/net/{first}/address").strip()
+    mac = vault.succeed(f"cat /sys/class/net/{first}/address").strip()
     nic = [n.mac for n in load_board("storage-box").nics].index(mac)
     seen = len(w1m.events)
     vault_m.set_link(nic, up=False)
     try:
         # Reads go on: each finishes (no hang past t's limit) and the mount is never lost.
-        r = w1.run("for i in $(seq 20); do head -c 65536 /n/vault/fs/drive/blob > /dev/null || exit 1; sleep 0.5; "
-                   "done", timeout=120, limit=110)
-        assert r["rc"] == 0, r
+        r = w1.run_shell("for i in $(seq 20); do head -c 65536 /n/vault/fs/drive/blob > /dev/null || exit 1; "
+                         "sleep 0.5; done", timeout=120, limit=110)
+        assert r.status == 0, r
         now = active_port(vault)
         assert now not in ("", first) and len(bond_ports(vault)) == 2
         assert not [e for e in w1m.events[seen:] if e.get("event") == "peer" and e.get("peer") == "vault"]
         # The address moved with the active port's MAC: a gratuitous ARP told wall-1.
-        mac = vault.ok(f"cat /sys/class/net/{now}/address").strip()
-        assert mac == vault.ok("cat /sys/class/net/lan0/address").strip()
-        assert mac in w1.ok(f"ip neigh show {lab.info['facts']['vault']['address']}"), mac
+        mac = vault.succeed(f"cat /sys/class/net/{now}/address").strip()
+        assert mac == vault.succeed("cat /sys/class/net/lan0/address").strip()
+        assert mac in w1.succeed(f"ip neigh show {lab.info['facts']['vault']['address']}"), mac
     finally:
         vault_m.set_link(nic, up=True)
 
 
 def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> None:
-    w1 = lab.shells["wall-1"]
-    w1.ok("head -c 4096 /n/vault/fs/drive/blob > /dev/null")
+    w1 = lab.machines["wall-1"]
+    w1.succeed("head -c 4096 /n/vault/fs/drive/blob > /dev/null")
     vault_m, w1m = lab.machines["vault"], lab.machines["wall-1"]
     ports = range(CABLED["vault"])  # the box is off the LAN only when both its cables are out
     seen = len(w1m.events)
     for nic in ports:
         vault_m.set_link(nic, up=False)
     # Read until a read fails; the guest times it (ms). A hang would end at t's own limit.
-    r = w1.run("s=$(date +%s%N); while head -c 4096 /n/vault/fs/drive/blob >/dev/null 2>&1; do sleep 0.2; done; "
-               "e=$(date +%s%N); echo $(( (e - s) / 1000000 )); timeout 15 cat /n/vault/fs/drive/blob >/dev/null; "
-               "echo rc=$?", timeout=90, limit=60)
-    assert r["rc"] == 0, r
-    lines = r["out"].split()
+    r = w1.run_shell("s=$(date +%s%N); while head -c 4096 /n/vault/fs/drive/blob >/dev/null 2>&1; do sleep 0.2; "
+                     "done; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); "
+                     "timeout 15 cat /n/vault/fs/drive/blob >/dev/null; echo rc=$?", timeout=90, limit=60)
+    assert r.status == 0, r
+    lines = r.out.split()
     failed_after_ms, last = int(lines[0]), lines[1]
     assert failed_after_ms < 10_000, r
     assert last != "rc=0" and last != "rc=124", r  # fails with an error, not a hang (124 = timeout)
@@ -249,8 +246,8 @@ def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> N
     for nic in ports:
         vault_m.set_link(nic, up=True)
     wait_until(w1m, lambda ev: "vault" in mounted(ev[seen:]), "vault mounted again", 120)
-    digest = lab.shells["vault"].ok("sha256sum < /srv/drive/blob").split()[0]
-    assert w1.ok("sha256sum < /n/vault/fs/drive/blob", 120).split()[0] == digest
+    digest = lab.machines["vault"].succeed("sha256sum < /srv/drive/blob").split()[0]
+    assert w1.succeed("sha256sum < /n/vault/fs/drive/blob", timeout=120).split()[0] == digest
 
 
 def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
@@ -260,8 +257,7 @@ def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
     ready = stranger.wait_for("ready", timeout=BOOT)
     assert ready["host"] == FOREIGN_HOST
     stranger.wait_for({"event": "mesh", "state": "up"}, timeout=MESH)
-    sh = Shell(stranger)
-    sh.wait_prompt()
+    stranger.wait_for_shell()
     # It advertises itself and tries the members it was built to know; give it time to try
     # (a refusal shows on either side), then look.
     w1 = lab.machines["wall-1"]
@@ -273,15 +269,15 @@ def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
         time.sleep(3)
     time.sleep(10)
     assert not [e for e in stranger.events if e.get("event") == "peer" and e.get("state") == "mounted"]
-    mounts = sh.ok("cat /proc/mounts")
+    mounts = stranger.succeed("cat /proc/mounts")
     assert not [ln for ln in mounts.splitlines() if " /n/" in ln], mounts
-    assert sh.run("cat /n/vault/fs/drive/blob > /dev/null", timeout=60)["rc"] != 0
+    stranger.fail("cat /n/vault/fs/drive/blob > /dev/null", timeout=60)
     for h in ("wall-1", "vault"):
-        other = lab.shells[h]
-        assert FOREIGN_HOST not in other.ok("ls /n/cluster/").split()
-        status = other.json("clusterctl status --json")
+        other = lab.machines[h]
+        assert FOREIGN_HOST not in other.succeed("ls /n/cluster/").split()
+        status = json.loads(other.succeed("clusterctl status --json"))
         assert FOREIGN_HOST not in {e["host"] for e in status["members"]}, status
-        assert FOREIGN_HOST not in other.ok("clusterctl status")
-        assert f" /n/{FOREIGN_HOST} " not in other.ok("cat /proc/mounts")
+        assert FOREIGN_HOST not in other.succeed("clusterctl status")
+        assert f" /n/{FOREIGN_HOST} " not in other.succeed("cat /proc/mounts")
     # The members still see each other.
-    assert "blob" in lab.shells["wall-1"].ok("ls /n/vault/fs/drive/")
+    assert "blob" in lab.machines["wall-1"].succeed("ls /n/vault/fs/drive/")

@@ -1,14 +1,15 @@
-"""A lab of vesa-wall hosts in QEMU for the mesh test and bench: the profile copy, its build,
-the guests on one virtual LAN, and a shell on each guest's serial console.
+"""A lab of vesa-wall hosts in QEMU, for tests/test_mesh_qemu.py and bench/mesh_bench.py: the
+profile copy, its build, and the guests on one virtual LAN. Commands run in the guests through
+the machines' serial shell (Machine.execute, succeed, ...: testdriver/shell.py).
 
 The profile copy (profiles/vesa-wall.yaml, changed only where a lab needs it):
 - one disk image per host (``type: disk``), booted as the board's first internal disk;
 - no rescue OS (it would be one more initramfs per image, and the lab never boots it);
 - the roles' packages join the OS's, so every image shares one root (and the stick's root
   of tests/test_build_image.py, when the caches are shared);
-- a lab overlay on every host: root logs in on the serial console, ``t`` runs a command and
-  prints its result as one ``CLUSTERCTL {"event": "t", ...}`` line, kernel messages stay off
-  the console (they would cut those lines);
+- a lab overlay on every host with the serial shell's guest files (testdriver.shell.GUEST_FILES:
+  root logs in on the serial console, ``t`` runs a command and prints its result as one
+  ``CLUSTERCTL {"event": "t", ...}`` line, kernel messages stay off the console);
 - on vault, the storage role's drive is the profile's own volume (roles.storage.volumes: a
   4 TB disk formatted when blank and mounted at /srv/drive before the agent starts), mounted
   without background inode-table zeroing. Its second port has no cable (no carrier), so the
@@ -19,19 +20,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from builder.profile import load_profile
 from testdriver.board import load_board
 from testdriver.lan import Lan
-from testdriver.qemu import Machine, MachineError
+from testdriver.qemu import Machine
+from testdriver.shell import GUEST_FILES, GUEST_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "vesa-wall.yaml"
@@ -41,22 +41,6 @@ BOARDS = {"wall-1": "vesa-mini-pc", "wall-2": "vesa-mini-pc", "wall-3": "vesa-mi
 # Ports with a cable in them (the first N of the board's NICs; else only the first). The storage
 # box has two, both cabled, and no MAC pin: its ports are one active-backup bond.
 CABLED = {"vault": 2}
-
-# Runs a shell command; prints its status, output (bounded) and duration as one event line.
-T_SCRIPT = r'''#!/usr/bin/python3
-import json, subprocess, sys, time
-tag, cmd = sys.argv[1], sys.argv[2]
-t0 = time.monotonic()
-try:
-    p = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 120)
-    rc, out, err = p.returncode, p.stdout, p.stderr
-except subprocess.TimeoutExpired as e:
-    rc, out, err = -1, e.stdout or b"", (e.stderr or b"") + b"timeout"
-ev = {"event": "t", "id": tag, "rc": rc, "seconds": round(time.monotonic() - t0, 3),
-      "out": out.decode("utf-8", "replace")[-6000:], "err": err.decode("utf-8", "replace")[-2000:]}
-sys.stdout.write("\nCLUSTERCTL " + json.dumps(ev) + "\n")
-sys.stdout.flush()
-'''
 
 # Bench tools (bench/mesh_bench.py). tcpbench: bytes over one TCP connection, the floor any
 # file protocol sits on. fdmount: the kernel's 9p client on a plain TCP socket handed over as
@@ -117,13 +101,6 @@ opts = f"trans=fd,rfdno={fd},wfdno={fd},version=9p2000.L,msize={msize},aname={an
 sys.exit(subprocess.run(["mount", "-t", "9p", "-o", opts, "none", where], pass_fds=[fd]).returncode)
 '''
 
-AUTOLOGIN = """[Service]
-ExecStart=
-ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 %I $TERM
-"""
-
-QUIET = "kernel.printk = 1 4 1 7\n"
-
 def _write_tree(root: Path, files: dict[str, str], meta: dict[str, Any]) -> Path:
     for rel, text in files.items():
         p = root / rel
@@ -139,12 +116,10 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
     whose identity looks valid (name, cluster, mesh prefix) but that no member trusts. With
     ``bench``, diod joins the roles' packages and the bench tools the lab overlay."""
     dest.mkdir(parents=True, exist_ok=True)
-    lab = _write_tree(dest / "overlay-lab", {
-        "usr/local/bin/t": T_SCRIPT,
-        "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf": AUTOLOGIN,
-        "etc/sysctl.d/90-lab-quiet.conf": QUIET,
-        **({"usr/local/bin/tcpbench": TCPBENCH, "usr/local/bin/fdmount": FDMOUNT} if bench else {}),
-    }, {"modes": {f"usr/local/bin/{n}": {"mode": "0755"} for n in ("t", *(("tcpbench", "fdmount") if bench else ()))}})
+    tools = {"usr/local/bin/tcpbench": TCPBENCH, "usr/local/bin/fdmount": FDMOUNT} if bench else {}
+    modes = {**GUEST_MODES, **dict.fromkeys(tools, "0755")}
+    lab = _write_tree(dest / "overlay-lab", {**GUEST_FILES, **tools},
+                      {"modes": {path: {"mode": mode} for path, mode in modes.items()}})
     data = yaml.safe_load(PROFILE.read_text())
     data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
     pkgs = set(data["oses"]["stable"].get("packages") or [])
@@ -177,8 +152,6 @@ def build(profile: Path, out: Path, cache: Path, ca_dir: Path, images: list[str]
 
 def host_facts(profile: Path) -> dict[str, dict[str, Any]]:
     """Resolved host entries (MAC pins, LAN addresses) of the lab profile."""
-    from builder.profile import load_profile
-
     return load_profile(profile).data["hosts"]  # type: ignore[no-any-return]
 
 
@@ -195,41 +168,21 @@ def make_machine(host: str, images: Path, workdir: Path, lan: Lan, facts: dict[s
 
 
 class Shell:
-    """Commands typed on a guest's serial console (root is logged in there), results read back
-    as ``t`` events."""
-
-    _ids = itertools.count(1)
+    """The bench's older form of the serial shell (bench/mesh_bench.py): ``run`` gives the ``t``
+    event's fields as a dict (rc, out, err, seconds); the rest is Machine's execute/succeed."""
 
     def __init__(self, machine: Machine) -> None:
         self.m = machine
 
     def wait_prompt(self, timeout: float = 120) -> None:
-        # The autologin shell: poke it until a command answers.
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.run("true", timeout=10)
-                return
-            except MachineError:
-                if time.monotonic() > deadline:
-                    raise
+        self.m.wait_for_shell(timeout)
 
     def run(self, cmd: str, timeout: float = 60, limit: float | None = None) -> dict[str, Any]:
-        tag = f"{self.m.name}-{next(self._ids)}"
-        inner = limit if limit is not None else max(timeout - 5, 5)
-        self.m.send_serial(f"t {tag} {shlex.quote(cmd)} {inner}\n")
-        return self.m.wait_for({"event": "t", "id": tag}, timeout=timeout)
+        r = self.m.run_shell(cmd, timeout, limit)
+        return {"rc": r.status, "out": r.out, "err": r.err, "seconds": r.seconds}
 
     def ok(self, cmd: str, timeout: float = 60) -> str:
-        r = self.run(cmd, timeout)
-        if r["rc"] != 0:
-            raise AssertionError(f"{self.m.name}: `{cmd}` failed ({r['rc']}): {r['err'] or r['out']}")
-        return str(r["out"])
+        return self.m.succeed(cmd, timeout=timeout)
 
     def json(self, cmd: str, timeout: float = 60) -> Any:
         return json.loads(self.ok(cmd, timeout))
-
-
-def cache_dir(tmp: Path) -> Path:
-    env = os.environ.get("CLUSTERCTL_TEST_CACHE")
-    return Path(env) if env else tmp / "cache"
