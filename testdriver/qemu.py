@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from testdriver import screen
 from testdriver.board import Board, Disk
 from testdriver.console import Console, Event
 from testdriver.errors import MachineError, MachineExited, MachineTimeout
@@ -311,6 +312,24 @@ class Machine:
     def set_link(self, nic: int = 0, up: bool = True) -> None:
         """Plug (up) or pull (down) the cable of one NIC."""
         self.qmp("set_link", name=f"nic{nic}", up=up)
+
+    # -- the person's side: keyboard and screen ---------------------------------------------
+    def send_chars(self, text: str) -> None:
+        """Type ``text`` on the emulated keyboard (a US layout), as a person at the box would."""
+        screen.send_chars(self.qmp, text)
+
+    def screenshot(self, name: str) -> Path:
+        """The display as ``<workdir>/<name>.png``."""
+        return screen.screenshot(self.qmp, self.paths.workdir / f"{name}.png")
+
+    def screen_text(self) -> str:
+        """What the display shows, read by OCR (tesseract); a screenshot is kept in the workdir."""
+        self._shots = getattr(self, "_shots", 0) + 1
+        return screen.read_text(self.screenshot(f"screen-{self._shots:02d}"))
+
+    def wait_for_screen(self, *phrases: str, timeout: float = 120.0) -> str:
+        """Read the display until it shows every phrase (spaces and case aside); its text."""
+        return screen.wait_for_text(self.screen_text, phrases, timeout)
 
     def unplug_stick(self) -> None:
         """Pull the USB stick out (hot-unplug)."""

@@ -5,8 +5,16 @@ report ``matched`` with its own host and role, then ``ready`` with them. For a h
 cloud image, the image is that host's internal disk and must reach ``ready``. An ``error``
 event, a wrong host or role, a machine that dies, or a deadline fails the host at once.
 
-If a guest powers itself off after ``installed`` (as an installer may, asking for the stick to
-be pulled), the stick is pulled and the machine powered on again, as a person would.
+When the wizard asks (event ``asking``), the test answers as a person at the box would: it
+reads the screen (a screenshot, OCR) to see what the wizard proposes, then types on the
+emulated keyboard, never the serial line: ``y`` when the proposal is this host; the host's
+number when the box fits several; or the keys a user scripted (``--answer``). A board without
+a display is answered on its keyboard all the same, and the serial console's copy of the
+wizard is read back instead of a screen.
+
+After ``installed``, the machine's restart powers it off instead (QMP ``set-action``), the
+stick is pulled and the machine powered on again, as a person pulls the stick when the box
+restarts; an installer that powers off by itself is treated the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from core.model import Image, Profile
 from testdriver.board import Board
 from testdriver.lan import Lan
 from testdriver.qemu import Machine, MachineError, MachineExited
+from testdriver.screen import ScreenError, wait_for_text
 
 
 @dataclass
@@ -37,6 +46,7 @@ class HostRun:
     expect: list[str]  # event names, in order; each must carry this host and role
     macs: list[str] | None = None
     dmi_serial: str | None = None
+    answer: str | None = None  # keys to type when the wizard asks, instead of the person's own
 
     @property
     def as_usb(self) -> bool:
@@ -70,7 +80,8 @@ def _unique_mac(mac: str, used: set[str]) -> str:
 
 
 def plan_runs(profile: Profile | dict[str, Any], images_dir: Path, load_board: Callable[[str], Board],
-              only_hosts: list[str] | None = None) -> list[HostRun]:  # fmt: skip
+              only_hosts: list[str] | None = None, answers: dict[str, str] | None = None
+              ) -> list[HostRun]:  # fmt: skip
     """The host runs of a resolved profile (the model, or its JSON), in image then host order."""
     model = profile if isinstance(profile, Profile) else Profile.from_json(profile)
     runs: list[HostRun] = []
@@ -92,6 +103,7 @@ def plan_runs(profile: Profile | dict[str, Any], images_dir: Path, load_board: C
                 host=host, role=spec.role, board=board, image=name, image_type=image.type,
                 image_path=image_path(images_dir, name, image), expect=expect, macs=macs,
                 dmi_serial=pin.get("serial"),
+                answer=(answers or {}).get(host, (answers or {}).get(spec.board)),
             ))  # fmt: skip
     return runs
 
@@ -123,7 +135,7 @@ def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
             while True:
                 try:
                     event = m.wait_for(
-                        lambda e, name=name: e["event"] in (name, "error", "installed"),
+                        lambda e, name=name: e["event"] in (name, "error", "installed", "asking"),
                         timeout=max(1.0, deadline - time.monotonic()),
                     )
                 except MachineExited:
@@ -132,9 +144,17 @@ def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
                     m.config.boot_image = None  # pull the stick, press the power button
                     m.start()
                     continue
+                if event["event"] == "asking" and name != "asking":
+                    result.error = answer_wizard(m, run, event)
+                    if result.error:
+                        return result
+                    continue
                 if event["event"] == "installed":
                     installed = True
                     result.reached.append(("installed", time.monotonic() - began))
+                    if run.as_usb:
+                        # The box restarts into its disk: power off instead, pull the stick, power on.
+                        m.qmp("set-action", reboot="shutdown")
                     if name != "installed":
                         continue
                 problem = check_event(run, event)
@@ -151,6 +171,46 @@ def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
     finally:
         m.close()
     return result
+
+
+def answer_wizard(m: Machine, run: HostRun, asking: dict[str, Any]) -> str | None:
+    """Answer the wizard on the keyboard as a person would; why it could not be, or None."""
+    look = Look(m)
+    cands = list(asking.get("candidates") or [])
+    try:
+        if run.answer is not None:
+            look.wait(["quit"])  # the question is on the screen: keys typed before it are not an answer
+            m.send_chars(run.answer)
+            return None
+        if asking.get("outcome") == "ambiguous" and run.host in cands:
+            look.wait(["which one is it", "quit"])
+            m.send_chars(f"{cands.index(run.host) + 1}\n")
+        elif asking.get("outcome") != "certain" or cands[:1] != [run.host]:
+            return m.explain(f"the wizard found no place for {run.host} on this box "
+                             f"({asking.get('outcome')}, candidates {cands}); the screen shows:\n{look.text}")
+        look.wait([f"This is {run.host}", "Install to", "another host"])
+        m.send_chars("y\n")
+    except (ScreenError, MachineError) as e:
+        return m.explain(f"answering the wizard: {e}")
+    return None
+
+
+class Look:
+    """What the person sees: the screen read back by OCR, or, on a box without a display, the
+    wizard's copy on the serial console."""
+
+    def __init__(self, m: Machine) -> None:
+        self.m, self.text = m, ""
+
+    def read(self) -> str:
+        if self.m.board.display:
+            self.text = self.m.screen_text()
+        else:
+            self.text = "\n".join(self.m.console.tail(60)) if self.m.console else ""
+        return self.text
+
+    def wait(self, phrases: list[str], timeout: float = 120.0) -> str:
+        return wait_for_text(self.read, phrases, timeout)
 
 
 def run_all(runs: list[HostRun], workdir: Path, timeout: float, keep: bool,

@@ -122,6 +122,9 @@ def test_first_boot_asks_on_both_and_takes_the_screens_answer(two: tuple[Pty, Pt
         assert "This is left" in shown and "Install to:" in shown and "nvme0n1" in shown
         assert "This is left" in serial.read_until("[y] install, [o] another host")
         assert "CLUSTERCTL" not in shown  # events are not the person's screen
+        assert shown.startswith("\x1b[H\x1b[2J")  # a clean screen, not below the kernel's messages
+        assert ") - now" in shown and "—" not in shown  # the console font has no em dash
+        assert ") — now" in serial.seen.decode()  # the serial terminal shows it as it is
         screen.type("y\r")
         out, err = proc.communicate(timeout=60)
     finally:

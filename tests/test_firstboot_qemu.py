@@ -1,20 +1,21 @@
-"""End to end in QEMU: one universal stick from profiles/dual-nano-itx.yaml installs both boards.
+"""End to end in QEMU: one universal stick from profiles/dual-nano-itx.yaml, as written, installs both boards.
 
-The stick is built once per session from a copy of the profile that only adds
-``cluster.unattended: true`` (CI has nobody at the console) and ``clusterctl.after=poweroff``
-on the stick's kernel command line (so the test, like a person, pulls the stick while the
-machine is off). Then, per board: boot the stick as USB, the machine is recognised as its host
-unattended and installs onto the disk its selector names; boot again without the stick, from
-that disk, to ``ready`` with the right host and role.
+The stick is built once per module from the profile as a user has it: not unattended, so the
+wizard asks on every box, and it is answered as a person answers it: on the emulated keyboard
+(QMP send-key), never the serial line, after reading the screen (a screenshot, OCR) or, on the
+storage board that has no display, the wizard's copy on the serial console. After ``installed``
+the box's restart powers it off instead (QMP set-action), the stick is pulled and the box is
+powered on from its disk, to ``ready`` with the right host and role.
 
-nano-itx (UEFI, one NVMe): host left, role desktop.
-nano-itx-storage (BIOS, a 32 GB SSD and two 2 TB disks): host right, role storage; one 2 TB
-disk is full of data and must be byte-identical afterwards; the power is cut while the
+nano-itx (UEFI, one NVMe, a display): host left, role desktop.
+nano-itx-storage (BIOS, a 32 GB SSD and two 2 TB disks, no display): host right, role storage;
+one 2 TB disk is full of data and must be byte-identical afterwards; the power is cut while the
 installer writes, and the stick is booted again: it takes up its own unfinished install.
 
-And the wizard on the serial console, unattended or not: a mini PC with a display and a second
-disk fits both hosts, so it asks (answered over the serial line); a laptop fits neither, so it
-says so and lists them all.
+The wizard when the box is not certain: a mini PC with a display and a second disk fits both
+hosts, so it asks which; a laptop fits neither, so it says so and lists them all. And the claim
+ledger: a second nano-itx box booting the same stick is told that left is already installed on
+the first box, and is offered what is still free (nothing fits it, so it quits).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from builder.profile import load_profile
 from core.events import parse_line
 from testdriver.board import Disk, load_board
 from testdriver.qemu import Machine
 from testdriver.qemu_cmd import MachinePaths
+from testdriver.testrun import HostRun, answer_wizard, plan_runs
 from tests.diskroom import module_workdir
 
 pytestmark = pytest.mark.slow
@@ -51,16 +53,9 @@ def dualnano_stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _build_stick(base: Path) -> Path:
-    data = yaml.safe_load(PROFILE.read_text())
-    data["cluster"]["unattended"] = True
-    for osdef in data["oses"].values():
-        if osdef.get("kind", "system") == "system":
-            osdef["cmdline"] = [*(osdef.get("cmdline") or []), "clusterctl.after=poweroff"]
-    profile = base / "dual-nano-itx.yaml"
-    profile.write_text(yaml.safe_dump(data, sort_keys=False))
     cache = Path(os.environ.get("CLUSTERCTL_TEST_CACHE") or base / "cache")
     out = base / "images"
-    proc = subprocess.run([sys.executable, "-m", "builder", "build", str(profile), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "builder", "build", str(PROFILE), "--out", str(out),
                            "--cache-dir", str(cache)], cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stick = out / "dualnano" / "stick.img"
@@ -68,16 +63,33 @@ def _build_stick(base: Path) -> Path:
     return stick
 
 
+def host_run(host: str) -> HostRun:
+    """What ``clusterctl test`` knows of a host: its board and what it is meant to become."""
+    (run,) = plan_runs(load_profile(PROFILE).model, Path("/unused"), load_board, [host])
+    return run
+
+
+def answer_as_a_person(m: Machine, host: str) -> dict[str, Any]:
+    """Wait for the wizard's question and answer it on the keyboard; the ``matched`` event."""
+    asking = m.wait_for("asking", timeout=BOOT)
+    problem = answer_wizard(m, host_run(host), asking)
+    assert problem is None, problem
+    matched = m.wait_for({"event": "matched"}, timeout=120)
+    assert matched["host"] == host and matched["chosen_by"] == "person"
+    return matched
+
+
 def boot_stick_until_installed(board: str, workdir: Path, stick: Path, host: str, disk: str | None) -> dict[str, Any]:
     """``disk``: the device name the selector must pick, where names are stable (NVMe); SATA
     names change from boot to boot (sda one time, sdd the next), so there it is None."""
     with Machine(load_board(board), workdir, boot_image=stick, name=f"{host}-stick") as m:
         m.start()
-        matched = m.wait_for({"event": "matched", "host": host}, timeout=BOOT)
-        assert matched["chosen_by"] == "unattended" and matched["disk"] == (disk or matched["disk"])
+        matched = answer_as_a_person(m, host)
+        assert matched["disk"] == (disk or matched["disk"])
         installed = m.wait_for({"event": "installed"}, timeout=INSTALL)
         assert installed["disk"] == matched["disk"]
-        m.wait_exit(300)  # clusterctl.after=poweroff: the stick can be pulled now
+        m.qmp("set-action", reboot="shutdown")  # its restart powers it off: the stick can be pulled
+        m.wait_exit(300)
         return installed
 
 
@@ -88,12 +100,12 @@ def boot_disk_until_ready(board: str, workdir: Path, host: str) -> dict[str, Any
 
 
 def test_clusterctl_test_installs_and_boots_both_hosts(dualnano_stick: Path, tmp_path: Path) -> None:
-    """``clusterctl test`` on the real stick, as a user runs it: each board boots the stick, is
-    recognised, installs, powers off; the stick is pulled and the host boots from its disk to
-    ``ready`` with its own host and role. left: UEFI + NVMe; right: BIOS + SATA."""
+    """The README's ``clusterctl test profiles/dual-nano-itx.yaml``, on the real stick: each board
+    boots the stick, the wizard asks, the command reads the screen and types the answer on the
+    keyboard; the box installs, restarts without the stick, and is ``ready`` as its own host."""
     work = tmp_path / "machines"
     proc = subprocess.run(
-        [sys.executable, "-m", "builder", "test", str(dualnano_stick.parents[2] / "dual-nano-itx.yaml"),
+        [sys.executable, "-m", "builder", "test", str(PROFILE),
          "--images", str(dualnano_stick.parent), "--workdir", str(work), "--keep", "--timeout", str(INSTALL)],
         cwd=ROOT, capture_output=True, text=True, timeout=2 * (INSTALL + BOOT),
         env={**os.environ, "COLUMNS": "240"})  # one table row a line  # fmt: skip
@@ -102,6 +114,18 @@ def test_clusterctl_test_installs_and_boots_both_hosts(dualnano_stick: Path, tmp
         # The table's row, not the progress line ("left: stick ... on nano-itx (uefi), expecting ...").
         row = next(line for line in proc.stdout.splitlines() if f" {host} " in line and f" {board} " in line)
         assert firmware in row and "ready" in row and "pass" in row.lower(), row
+        console = (work / host / "console.log").read_text(errors="replace")
+        events = [e for line in console.splitlines() if (e := parse_line(line))]
+        matched = next(e for e in events if e["event"] == "matched")
+        assert matched["host"] == host and matched["chosen_by"] == "person"
+        # Answered on the keyboard: the serial console says so (the wizard shows it on both).
+        assert "(answered on the screen: y)" in console
+        assert next(e for e in events if e["event"] == "claim") == {"event": "claim", "host": host, "recorded": True}
+        ready = [e for e in events if e["event"] == "ready"]
+        assert [(e["host"], e["role"]) for e in ready] == [(host, host_run(host).role)]  # the stick said none
+    # left has a display: its screen was read, and showed the proposal the wizard made.
+    shots = sorted((work / "left").glob("screen-*.png"))
+    assert shots, "no screenshot of left's screen"
     events = [e for line in (work / "left" / "console.log").read_text(errors="replace").splitlines()
               if (e := parse_line(line))]  # fmt: skip
     installed = next(e for e in events if e["event"] == "installed")
@@ -141,12 +165,13 @@ def test_right_survives_a_power_cut_and_leaves_the_data_disk_alone(dualnano_stic
     # First boot from the stick; the power goes while the root is being written.
     with Machine(board, wd, boot_image=dualnano_stick, name="right-cut") as m:
         m.start()
-        m.wait_for({"event": "matched", "host": "right"}, timeout=BOOT)  # install.disk {smallest: true}: the SSD
+        answer_as_a_person(m, "right")  # install.disk {smallest: true}: the SSD
         m.wait_for(lambda e: e["event"] == "installing" and e["step"].startswith("copy:"), timeout=INSTALL)
         m.kill()
         assert not any(e["event"] == "installed" for e in m.events)
 
-    # The stick again: its own unfinished install is recognised and done, unattended.
+    # The stick again: its own unfinished install is offered as blank, and the box's own claim
+    # does not stand in its way; the person says yes again.
     installed = boot_stick_until_installed("nano-itx-storage", wd, dualnano_stick, "right", None)
     assert installed["host"] == "right"
     ready = boot_disk_until_ready("nano-itx-storage", wd, "right")
@@ -168,8 +193,10 @@ def test_the_wizard_asks_when_two_hosts_fit_and_says_so_when_none_does(dualnano_
         assert (asking["outcome"], asking["candidates"]) == ("ambiguous", ["left", "right"])
         m2.wait_for_line(r"This machine fits 2 hosts; which one is it\?", timeout=60)
         m2.wait_for_line(r"Pick a host \[1-2\], s = shell, q = quit: ", timeout=60)
-        m2.send_serial("2\n")
+        m2.wait_for_screen("which one is it", "q = quit")
+        m2.send_chars("2\n")
         m2.wait_for_line(r"This is right", timeout=60)
+        m2.wait_for_screen("This is right", "another host")
         m2.wait_for_line(r"\[y\] install, \[o\] another host, \[s\] shell, \[q\] quit: ", timeout=60)
         assert not [e for e in m2.events if e["event"] in ("matched", "installing", "installed")]
 
@@ -180,7 +207,37 @@ def test_the_wizard_asks_when_two_hosts_fit_and_says_so_when_none_does(dualnano_
         m0.wait_for_line(r"1\. left \(role desktop, .*\): chassis laptop, not desktop/mini-pc", timeout=60)
         m0.wait_for_line(r"2\. right \(role storage, .*\): 1 disk, wanted ≥ 2", timeout=60)
         m0.wait_for_line(r"Pick a host \[1-2\], s = shell, q = quit: ", timeout=60)
-        m0.send_serial("q\n")  # nothing decided, nothing written
+        m0.wait_for_screen("No host of this stick matches", "q = quit")
+        m0.send_chars("q\n")  # nothing decided, nothing written
         quit_ = m0.wait_for({"event": "error", "stage": "match"}, timeout=120)
         assert quit_["message"] == "no host was chosen; nothing was installed"
         assert not [e for e in m0.events if e["event"] in ("matched", "installing", "installed")]
+
+
+def test_a_second_box_of_the_same_board_is_told_the_host_is_taken(dualnano_stick: Path, tmp_path: Path) -> None:
+    """Two nano-itx boxes boot one stick in turn. The first becomes left, and its claim is on the
+    stick before its disk is written; the second (another serial, other MACs) is told which box
+    holds left, and nothing else fits it: it quits, and nothing is written."""
+    board = load_board("nano-itx")
+    first = tmp_path / "first"
+    with Machine(board, first, boot_image=dualnano_stick, name="first") as m:
+        m.start()
+        answer_as_a_person(m, "left")
+        assert m.wait_for("claim", timeout=120) == {"event": "claim", "host": "left", "recorded": True}
+        m.wait_for("installing", timeout=120)  # the claim is on the stick before the disk is written
+        m.kill()
+    twin = dataclasses.replace(board, name="nano-itx-twin",
+                               dmi=dataclasses.replace(board.dmi, serial="JW-NF9-0077"),
+                               nics=tuple(dataclasses.replace(n, mac="52:54:00:c1:77:01") for n in board.nics))
+    # The same stick: the first box's stick, with what the first box wrote on it.
+    with Machine(twin, tmp_path / "second", boot_image=first / "stick.qcow2", name="second") as m:
+        m.start()
+        asking = m.wait_for("asking", timeout=BOOT)
+        assert asking["outcome"] == "none"
+        text = m.wait_for_screen("This box would be left", "already installed on", "q = quit")
+        assert "JW-NF9-0001" in text or "Jetway" in text  # which box holds it
+        m.wait_for_line(r"1\. left .*already installed on Jetway NF9HG-2930", timeout=60)
+        m.send_chars("q\n")
+        quit_ = m.wait_for({"event": "error", "stage": "match"}, timeout=120)
+        assert quit_["message"] == "no host was chosen; nothing was installed"
+        assert not [e for e in m.events if e["event"] in ("matched", "installing", "installed")]

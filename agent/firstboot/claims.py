@@ -9,6 +9,7 @@ the file's shape, and docs/install.md for releasing a claim).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class StickLedger:
             return self.problem or "the stick has no ledger"
         try:
             run("claims", ["mcopy", "-o", "-i", self.image, str(self.local), f"::{FILE}"], env=MTOOLS_ENV)
+            os.sync()  # on the stick itself, not in this system's cache, before the disk is written
             run("claims", ["mcopy", "-n", "-i", self.image, f"::{FILE}", str(self.local) + ".check"],
                 env=MTOOLS_ENV)
         except InstallError as e:

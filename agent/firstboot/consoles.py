@@ -27,6 +27,22 @@ from typing import Any
 from rich.console import Console
 
 ACTIVE = "/sys/class/tty/console/active"
+CLEAR = "\x1b[H\x1b[2J"
+# The Linux console's built-in font has no glyph for these (they show as a block).
+VGA_SAFE = str.maketrans({"—": "-", "–": "-", "…": "...", "→": "->", "≥": ">=", "≤": "<="})
+
+
+class ScreenFile:
+    """The screen's file: text the console font can show."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def write(self, text: str) -> int:
+        return int(self.file.write(text.translate(VGA_SAFE)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 @dataclass
@@ -93,7 +109,10 @@ class Consoles:
             except OSError:
                 continue  # a console that can't be opened is one the person can't use either
             _line_mode(fd)
-            out = os.fdopen(os.dup(fd), "w", encoding="utf-8", errors="replace", buffering=1)
+            out: Any = os.fdopen(os.dup(fd), "w", encoding="utf-8", errors="replace", buffering=1)
+            if name == "screen":
+                out = ScreenFile(out)
+                out.write(CLEAR)  # the wizard starts on a clean screen, not below the kernel's messages
             console = Console(file=out, force_terminal=True, width=_columns(fd), highlight=False,
                               color_system="standard", legacy_windows=False, _environ={"TERM": term})
             self.terminals.append(Terminal(name, path, fd, console))

@@ -18,6 +18,7 @@ from core import exitcodes
 from testdriver.board import Board, BoardError, load_board
 from testdriver.lan import LanError
 from testdriver.qemu_cmd import MachineConfig, MachinePaths, MachineSetupError, build_command, prepare_files
+from testdriver.screen import ScreenError, keys_for
 from testdriver.testrun import HostResult, HostRun, plan_runs, run_all
 
 
@@ -84,8 +85,21 @@ def cmd_test(args: argparse.Namespace) -> int:
     if unknown:
         return _usage_error(f"no host {', '.join(unknown)} in {args.profile} (hosts: {', '.join(model.hosts)})")
     images_dir = Path(args.images) if args.images else Path("images") / loaded.name
+    answers: dict[str, str] = {}
+    for spec in args.answer:
+        who, sep, keys = spec.partition("=")
+        if not sep or not who or not keys:
+            return _usage_error(f"--answer {spec!r}: expected BOARD_OR_HOST=KEYS, e.g. left=y\\n")
+        if who not in model.hosts and who not in {h.board for h in model.hosts.values()}:
+            return _usage_error(f"--answer {spec!r}: {who} is neither a host nor a board of {args.profile}")
+        try:
+            answers[who] = keys.encode("latin-1", "backslashreplace").decode("unicode_escape")
+            for char in answers[who]:
+                keys_for(char)
+        except (UnicodeDecodeError, ScreenError) as err:
+            return _usage_error(f"--answer {spec!r}: {err}")
     try:
-        runs = plan_runs(model, images_dir, checked_board, hosts)
+        runs = plan_runs(model, images_dir, checked_board, hosts, answers)
     except (ProfileInvalid, BoardError) as err:
         return _usage_error(str(err))
     if not runs:
@@ -145,4 +159,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="seconds each host may take to reach its last event (default 1800)")
     t.add_argument("--workdir", help="machines' work dirs here instead of a temporary dir")
     t.add_argument("--keep", action="store_true", help="keep the machines' disks and console logs")
+    t.add_argument("--answer", action="append", default=[], metavar="BOARD_OR_HOST=KEYS",
+                   help="keys to type on that host's (or board's) keyboard when the wizard asks, instead of "
+                        "accepting its own host: backslash escapes work, e.g. 'right=o2\\ny\\n' (another host, "
+                        "the second, install) or 'left=q\\n' (quit) or 'left=s\\n' (a shell) (repeatable)")
     t.set_defaults(func=cmd_test)
