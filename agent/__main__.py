@@ -1,6 +1,6 @@
 """The host's ``clusterctl`` (``python3 -m agent``; ``/usr/bin/clusterctl`` and its older name
 ``clusterctl-agent``): the on-host commands, where the build machine's ``clusterctl`` is not
-installed: status, run, serve, mount, identity, volumes."""
+installed: status, inventory, run, serve, mount, identity, volumes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agent.cli import add_commands
+from agent.cli import add_commands, add_inventory
 from core import exitcodes
 
 
@@ -17,7 +17,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="clusterctl on a host: the cluster as this host's agent sees it, "
                                                  "and the agent's own commands (see docs/agent.md). Building "
                                                  "images is the build machine's clusterctl.")
-    add_commands(parser.add_subparsers(dest="agent_command", metavar="COMMAND", title="commands"))
+    sub = parser.add_subparsers(dest="agent_command", metavar="COMMAND", title="commands")
+    add_commands(sub)
+    add_inventory(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

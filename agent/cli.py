@@ -101,6 +101,35 @@ def add_commands(sub: Any) -> None:
     st.set_defaults(func=_status)
 
 
+def add_inventory(sub: Any) -> None:
+    """The host's own ``clusterctl inventory`` (the build machine's has more: --match, --suggest)."""
+    inv = sub.add_parser("inventory", help="this machine's hardware, as first boot sees it",
+                         description="Detect this machine's hardware (pyudev): a summary, the inventory JSON, "
+                                     "or a board file so that QEMU can boot its twin in tests.")
+    inv.add_argument("--json", action="store_true", help="the inventory as JSON (docs/inventory.md)")
+    inv.add_argument("--board", action="store_true", help="a board file (YAML) for this machine")
+    inv.set_defaults(func=_inventory)
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    import json
+
+    from hardware.boardgen import board_yaml, this_firmware
+    from hardware.detect import collect
+    from hardware.summary import render
+
+    inventory = collect(wait_for_udev=True)
+    if args.board:
+        sys.stdout.write(board_yaml(inventory, this_firmware()))
+    elif args.json:
+        print(json.dumps(inventory, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(render(inventory))
+    return 0
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return exitcodes.USAGE

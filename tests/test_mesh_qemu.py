@@ -281,3 +281,42 @@ def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
         assert f" /n/{FOREIGN_HOST} " not in other.succeed("cat /proc/mounts")
     # The members still see each other.
     assert "blob" in lab.machines["wall-1"].succeed("ls /n/vault/fs/drive/")
+
+
+def selector_view(inv: dict[str, Any]) -> dict[str, Any]:
+    """Every field of an inventory the selectors and pins read (docs/selectors.md)."""
+    system = inv["system"]
+    return {
+        "vendor": system.get("vendor"), "product": system.get("product"), "serial": system.get("serial"),
+        "chassis": (system.get("chassis") or {}).get("name"), "cpus": inv["cpu"]["count"],
+        "memory": inv["memory"]["total"],
+        "disks": sorted((d["type"], d["size"], d["rotational"], d.get("model"), d.get("serial"))
+                        for d in inv["disks"] if not d.get("boot_medium") and not d.get("removable")),
+        "macs": sorted(n["mac"] for n in inv["nics"]),
+        "display": any(d.get("connected") for d in inv["displays"]),
+        "battery": bool(inv["power"].get("battery")),
+    }
+
+
+def test_a_board_made_from_a_hosts_inventory_boots_a_twin_with_the_same_inventory(lab: Lab, tmp_path: Path) -> None:
+    """The round trip a user makes for CI: ``clusterctl inventory --board`` on their box, then a
+    QEMU twin of that box. Here the box is vault (two ports, three disks): its board, checked
+    against the board table, boots vault's own image, and the twin's inventory equals vault's on
+    every field the selectors read."""
+    vault = lab.machines["vault"]
+    first = json.loads(vault.succeed("clusterctl inventory --json", timeout=120))
+    board_file = tmp_path / "vault-twin.yaml"
+    board_file.write_text(vault.succeed("clusterctl inventory --board", timeout=120))
+    twin_board = load_board(str(board_file))  # the board table's checks, as for a shipped board
+    assert twin_board.firmware == lab.machines["vault"].board.firmware
+    # Three guests at most: the stranger and vault itself go first (the twin boots vault's image).
+    for h in (FOREIGN_HOST, "vault"):
+        if h in lab.machines:
+            lab.machines[h].power_off(timeout=120)
+    with Machine(twin_board, tmp_path / "twin", boot_image=lab.info["images"] / "vault.img", as_usb=False,
+                 name="vault-twin") as twin:
+        twin.start()
+        assert twin.wait_for("ready", timeout=BOOT)["host"] == "vault"
+        twin.wait_for_shell()
+        second = json.loads(twin.succeed("clusterctl inventory --json", timeout=120))
+    assert selector_view(second) == selector_view(first)

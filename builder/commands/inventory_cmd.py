@@ -4,6 +4,7 @@
     clusterctl inventory --json               the inventory JSON (docs/inventory.md)
     clusterctl inventory --suggest            a host stanza whose selectors recognise this box
     clusterctl inventory --match PROFILE      every host of the profile ranked against this box
+    clusterctl inventory --board              a board file for this box, so QEMU can boot its twin
     ... --from FILE.json                      use a captured inventory instead of this machine
 """
 
@@ -29,7 +30,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--suggest", action="store_true", help="print a host stanza (YAML) that recognises this box")
     p.add_argument("--host", help="the host name in the suggested stanza (default: from the product name)")
     p.add_argument("--role", default="ROLE", help="the role in the suggested stanza")
-    p.add_argument("--board", default="BOARD", help="the board in the suggested stanza")
+    p.add_argument("--board-name", default="BOARD", help="the board in the suggested stanza")
+    p.add_argument("--board", action="store_true",
+                   help="print a board file (YAML) for this box: QEMU boots its twin in tests (testdriver/boards/)")
+    p.add_argument("--firmware", choices=("uefi", "bios"),
+                   help="with --board and --from: the captured box's firmware (this machine's is detected)")
     p.add_argument("--match", metavar="PROFILE", help="rank the profile's hosts against this box")
     p.add_argument("--ledger", metavar="STICK_OR_FILE",
                    help="for --match: the claim ledger of a stick (its image or device) or a ledger file (JSON)")
@@ -69,7 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if args.suggest:
         from hardware.suggest import suggest
 
-        sys.stdout.write(suggest(inv, args.host, args.role, args.board))
+        sys.stdout.write(suggest(inv, args.host, args.role, args.board_name))
+        return exitcodes.OK
+    if args.board:
+        from hardware.boardgen import board_yaml, this_firmware
+
+        firmware = args.firmware or (this_firmware() if args.source is None else None)
+        sys.stdout.write(board_yaml(inv, firmware))
         return exitcodes.OK
     if args.match:
         return run_match(args, inv)
