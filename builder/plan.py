@@ -294,6 +294,14 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
             if e["kind"] == "system":
                 parts.append({"name": f"root-{e['os']}", "stage": e["payload"], "overlay": e["overlay"],
                               "type": ROOT_X86_64_TYPE, "uuid": e["partuuid"], "os": e["os"]})
+        if installer:
+            # Which box became which host: first boot keeps the ledger here (agent/firstboot/claims.py).
+            # Before the ISOs, which stay last (the largest, and optional).
+            claims = add(Stage("claims", f"claims:{img_name}", {
+                "label": CLAIMS_NAME, "size_mib": CLAIMS_SIZE_MIB,
+                "volume_id": uuid.uuid5(IMAGE_PARTUUID_NS, f"{cname}/{img_name}/claims-fs").hex[:8]}))
+            parts.append({"name": CLAIMS_NAME, "stage": claims.name, "type": BASIC_DATA_TYPE,
+                          "uuid": partuuid(cname, img_name, "claims")})
         iso_facts: list[dict[str, Any]] = []
         if iso_sources:
             for name, path in iso_sources.items():
@@ -303,13 +311,6 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                                                           "label": ISOS_LABEL}, params={"sources": iso_sources}))
             parts.append({"name": "isos", "stage": isos.name, "type": LINUX_DATA_TYPE,
                           "uuid": partuuid(cname, img_name, "isos")})
-        if installer:
-            # Which box became which host: first boot keeps the ledger here (agent/firstboot/claims.py).
-            claims = add(Stage("claims", f"claims:{img_name}", {
-                "label": CLAIMS_NAME, "size_mib": CLAIMS_SIZE_MIB,
-                "volume_id": uuid.uuid5(IMAGE_PARTUUID_NS, f"{cname}/{img_name}/claims-fs").hex[:8]}))
-            parts.append({"name": CLAIMS_NAME, "stage": claims.name, "type": BASIC_DATA_TYPE,
-                          "uuid": partuuid(cname, img_name, "claims")})
         add(Stage("image", f"image:{img_name}", {
             "size": img.size, "format": fmt, "type": img.type, "partitions": parts,
             "disk_uuid": partuuid(cname, img_name, "disk"), "output": str(output),

@@ -491,6 +491,12 @@ class Image:
         return out
 
 
+def _board(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: expected an object, got {_kind(value)}")
+    return copy.deepcopy(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Profile:
     """The resolved cluster profile (sections in profile order)."""
@@ -500,6 +506,9 @@ class Profile:
     roles: Mapping[str, Role]
     hosts: Mapping[str, Host]
     images: Mapping[str, Image]
+    # The profile's own machine shapes (board files' data, as testdriver/boards/ holds them): only
+    # the test driver reads them, so they stay plain data here.
+    boards: Mapping[str, Mapping[str, Any]]
 
     @property
     def name(self) -> str:
@@ -547,7 +556,7 @@ class Profile:
         o = _Obj(value, "")
         p = cls(cluster=o.record("cluster", Cluster.from_json), oses=o.named("oses", OsDef.from_json),
                 roles=o.named("roles", Role.from_json), hosts=o.named("hosts", Host.from_json),
-                images=o.named("images", Image.from_json))
+                images=o.named("images", Image.from_json), boards=o.named("boards", _board))
         o.done()
         p._check_references()
         return p
@@ -580,7 +589,8 @@ class Profile:
                 "oses": {k: v.to_json() for k, v in self.oses.items()},
                 "roles": {k: v.to_json() for k, v in self.roles.items()},
                 "hosts": {k: v.to_json() for k, v in self.hosts.items()},
-                "images": {k: v.to_json() for k, v in self.images.items()}}
+                "images": {k: v.to_json() for k, v in self.images.items()},
+                "boards": {k: copy.deepcopy(dict(v)) for k, v in self.boards.items()}}
 
     def dumps(self) -> str:
         """profile.json's text, as the builder writes it."""

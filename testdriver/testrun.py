@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from core.model import Image, Profile
-from testdriver.board import Board
+from testdriver.board import Board, board_from_dict
 from testdriver.lan import Lan
 from testdriver.qemu import Machine, MachineError, MachineExited
 from testdriver.screen import ScreenError, wait_for_text
@@ -92,7 +92,10 @@ def plan_runs(profile: Profile | dict[str, Any], images_dir: Path, load_board: C
             if only_hosts and host not in only_hosts:
                 continue
             spec = model.hosts[host]
-            board = boards.get(spec.board) or boards.setdefault(spec.board, load_board(spec.board))
+            if spec.board not in boards:  # the profile's own boards first, then testdriver/boards/
+                own = model.boards.get(spec.board)
+                boards[spec.board] = board_from_dict(dict(own), spec.board) if own else load_board(spec.board)
+            board = boards[spec.board]
             pin = spec.pin
             pinned: Any = pin.get("mac") or []
             pinned = [pinned] if isinstance(pinned, str) else list(pinned)

@@ -83,10 +83,59 @@ def _load_profile(path: str, boards_dir: Path) -> Profile:
     if data is INVALID:
         raise ProfileInvalid(diag.items)
     data.pop("include", None)  # merged already; the resolved form has no includes
-    check_whole(ctx, raw, data, board_names(boards_dir), Mark(path, 1, 1))
+    shipped = board_names(boards_dir)
+    board_files(ctx, data, path, shipped, sources)
+    own = set(data["boards"]) if isinstance(data.get("boards"), dict) else set()
+    check_whole(ctx, raw, data, shipped | own, Mark(path, 1, 1))
     if diag:
         raise ProfileInvalid(diag.items)
     return Profile(path=path, data=data, sources=sorted(set(sources)))
+
+
+def is_board_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
+
+
+def board_files(ctx: CheckContext, data: dict[str, Any], profile_path: str, shipped: set[str],
+                sources: list[str]) -> None:
+    """Hosts that name a board file beside the profile: each file is checked like a shipped board
+    (its mistakes located in it) and joins the profile's ``boards`` under its file name, which the
+    host then names: the resolved profile alone holds every machine shape it uses."""
+    hosts, boards = data.get("hosts"), data.get("boards")
+    if not isinstance(hosts, dict) or not isinstance(boards, dict):
+        return
+    base = Path(profile_path).parent
+    renamed: dict[str, str] = {}
+    failed: set[str] = set()  # said once, at the file or the host; not again as an unknown name
+    for ref in ctx.refs:
+        if ref.section != "boards" or not is_board_file(ref.name) or ref.name in failed:
+            continue
+        if ref.name not in renamed:
+            failed.add(ref.name)
+            file = base / ref.name
+            name = Path(ref.name).stem
+            if not file.is_file():
+                ctx.error(ref.mark, ref.path, f"no board file {file} (a path is read from the profile's folder)")
+                continue
+            try:
+                board = load_board(file)
+            except ProfileInvalid as e:
+                ctx.diag.items.extend(e.diagnostics)
+                continue
+            board.pop("name", None)
+            if name in shipped or (name in boards and boards[name] != board):
+                ctx.error(ref.mark, ref.path, f'the board file {ref.name} is named like the board "{name}" '
+                          f"{'of testdriver/boards/' if name in shipped else 'of this profile'}: rename the file")
+                continue
+            boards[name] = board
+            sources.append(str(file))
+            renamed[ref.name] = name
+            failed.discard(ref.name)
+        host = ref.path.split(".")[1]
+        if isinstance(hosts.get(host), dict):
+            hosts[host]["board"] = renamed[ref.name]
+        ref.name = renamed[ref.name]
+    ctx.refs = [r for r in ctx.refs if not (r.section == "boards" and r.name in failed)]
 
 
 def load_board(name_or_path: str | os.PathLike[str], boards_dir: Path = BOARDS_DIR) -> dict[str, Any]:

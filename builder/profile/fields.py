@@ -213,7 +213,8 @@ HOST = Record(
     [
         Field("extends", Ref("hosts"), "another host whose settings this one starts from"),
         Field("role", Ref("roles"), "the role this host plays", required=True),
-        Field("board", Ref("boards"), "the machine shape, a name from testdriver/boards/", required=True),
+        Field("board", Ref("boards"), "the machine shape: a name from testdriver/boards/ or the profile's "
+              "`boards`, or a board file beside the profile (`boards/my-box.yaml`)", required=True),
         Field("match", HOST_SELECTOR, "further selectors, added to the role's", default={}),
         Field("pin", PIN, "identity pins", default={}),
         Field("install", Record("install", [
@@ -246,20 +247,6 @@ IMAGE = Record(
               "ship /boot/grub/loopback.cfg, as Debian live, Ubuntu and Arch do)", default=[],
               only_when=("type", ("usb-installer",))),
     ],
-)
-
-PROFILE = Record(
-    "cluster profile",
-    [
-        Field("include", ListOf(Path(directory=False), single_ok=True),
-              "profiles merged first, in order (lists append, maps merge, null resets)", default=[]),
-        Field("cluster", CLUSTER, "the cluster as a whole", required=True),
-        Field("oses", MapOf(OS, what="OS"), "operating systems a host can boot", required=True),
-        Field("roles", MapOf(ROLE, what="role"), "what hosts are for", required=True),
-        Field("hosts", MapOf(HOST, what="host"), "the physical and cloud machines", required=True),
-        Field("images", MapOf(IMAGE, what="image"), "what to build", default={}),
-    ],
-    doc="A clusterctl profile: one file (plus includes) describing a whole small cluster.",
 )
 
 # --- boards (testdriver/boards/*.yaml): what a machine shape looks like and how QEMU imitates it --
@@ -301,4 +288,22 @@ BOARD = Record(
         Field("battery", Bool(), "the machine has a battery (not imitated by QEMU)", default=False),
     ],
     doc="A machine shape: what first boot detects on it, and how QEMU imitates it in tests.",
+)
+
+PROFILE = Record(
+    "cluster profile",
+    [
+        Field("include", ListOf(Path(directory=False), single_ok=True),
+              "profiles merged first, in order (lists append, maps merge, null resets)", default=[]),
+        Field("cluster", CLUSTER, "the cluster as a whole", required=True),
+        Field("oses", MapOf(OS, what="OS"), "operating systems a host can boot", required=True),
+        Field("roles", MapOf(ROLE, what="role"), "what hosts are for", required=True),
+        Field("hosts", MapOf(HOST, what="host"), "the physical and cloud machines", required=True),
+        Field("images", MapOf(IMAGE, what="image"), "what to build", default={}),
+        Field("boards", MapOf(BOARD, what="board"),
+              "machine shapes of your own, by name, for hosts' `board:` (as in testdriver/boards/; "
+              "`clusterctl inventory --board` prints one for the box it runs on). A host may also name a "
+              "board file beside the profile: `board: boards/my-box.yaml`", default={}),
+    ],
+    doc="A clusterctl profile: one file (plus includes) describing a whole small cluster.",
 )

@@ -34,7 +34,7 @@ def check_references(ctx: CheckContext, data: dict[str, Any], boards: set[str]) 
     for ref in ctx.refs:
         names = known[ref.section]
         if ref.name not in names:
-            where = " in testdriver/boards/" if ref.section == "boards" else ""
+            where = " in testdriver/boards/ or the profile's boards" if ref.section == "boards" else ""
             ctx.error(ref.mark, ref.path,
                       f'no {singular[ref.section]} "{ref.name}"{where}{did_you_mean(ref.name, names)}')
 
