@@ -133,6 +133,8 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
     # 4 TB disk's inode tables in the background: the lab mounts without that (ext4 is fine
     # without it; e2fsck would be slower).
     data["roles"]["storage"]["volumes"]["drive"]["options"] = ["noinit_itable"]
+    # A German keyboard on the lab's screens: the test sees cluster.keymap reach the console.
+    data["cluster"]["keymap"] = "de"
     hosts = (*LAB_HOSTS, FOREIGN_HOST) if foreign else LAB_HOSTS
     data["images"] = {h: {"type": "disk", "host": h, "size": "4GiB"} for h in hosts}
     path = dest / ("vesa-wall-foreign.yaml" if foreign else "vesa-wall-lab.yaml")

@@ -203,3 +203,14 @@ def test_the_lan_file_matches_a_hosts_pinned_nic_else_every_port() -> None:
     # The stick's own system asks DHCP on every port and has no bond.
     assert set(stick) == {"50-clusterctl-lan.network"}
     assert "DHCP=yes" in stick["50-clusterctl-lan.network"] and "Name=en* eth*" in stick["50-clusterctl-lan.network"]
+
+
+def test_the_screens_keyboard_is_the_profiles_keymap() -> None:
+    data = load_profile(ROOT / "profiles" / "vesa-wall.yaml").data
+    data["cluster"]["keymap"] = "de"
+    entries: dict[str, Entry] = {}
+    render_layer(ROOT / "overlays" / "base", template_context(data, "stable", "stick", None, [], "0"), entries)
+    unit = entries["etc/systemd/system/clusterctl-keymap.service"].data.decode()
+    assert "ExecStart=/usr/bin/loadkeys de\n" in unit
+    assert "Before=sysinit.target clusterctl-firstboot.service getty@tty1.service" in unit
+    assert entries["etc/systemd/system/sysinit.target.wants/clusterctl-keymap.service"].kind == "link"

@@ -320,3 +320,11 @@ def test_a_board_made_from_a_hosts_inventory_boots_a_twin_with_the_same_inventor
         twin.wait_for_shell()
         second = json.loads(twin.succeed("clusterctl inventory --json", timeout=120))
     assert selector_view(second) == selector_view(first)
+
+
+def test_the_screens_keyboard_has_the_profiles_layout(lab: Lab) -> None:
+    """The lab's profile says keymap: de: on the console, the key right of T is z (y on a US keyboard)."""
+    w1 = lab.machines["wall-1"]
+    assert "clusterctl-keymap.service" not in w1.succeed("systemctl --failed --no-legend --plain")
+    line = next(ln for ln in w1.succeed("dumpkeys").splitlines() if ln.startswith("keycode  21 ="))
+    assert line.split()[3] in ("+z", "z"), line

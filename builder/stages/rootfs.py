@@ -31,6 +31,8 @@ BASE_PACKAGES: tuple[str, ...] = (
     # first boot's installer (and any installed system's own fsck): sfdisk, e2image, resize2fs,
     # debugfs, mtools; efibootmgr points UEFI at the installed disk with the stick still in
     "e2fsprogs", "fdisk", "mtools", "efibootmgr",
+    # cluster.keymap on the screen: loadkeys (clusterctl-keymap.service) and the console keymaps
+    "kbd", "console-data",
 )
 
 # Docs, man pages and translations are most of a minimal tree's files and nobody reads them on
