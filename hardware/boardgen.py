@@ -73,7 +73,7 @@ def board_of(inventory: dict[str, Any], firmware: str | None = None) -> tuple[di
     dmi["chassis"] = chassis if chassis in CHASSIS else "other"
     disks = []
     for d in inventory.get("disks") or []:
-        if d.get("boot_medium") or d.get("removable"):
+        if d.get("removable") or (d.get("boot_medium") and d.get("type") == "usb"):
             continue  # the stick it was booted from, and removable media, are not the box's
         disk, note = _disk(d)
         disks.append(disk)

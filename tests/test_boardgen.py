@@ -30,7 +30,7 @@ def test_a_board_from_each_captured_box_is_a_valid_board(shape: str, tmp_path: P
     assert board.dmi.serial == (system.get("serial") or "") and board.dmi.chassis == system["chassis"]["name"]
     assert board.firmware == "bios" and board.cpus == inv["cpu"]["count"]
     assert board.memory == inv["memory"]["total"]
-    internal = [d for d in inv["disks"] if not d.get("boot_medium") and not d.get("removable")]
+    internal = [d for d in inv["disks"] if not d.get("removable") and not (d.get("boot_medium") and d["type"] == "usb")]
     assert [(d.size, d.rotational) for d in board.disks] == [(d["size"], d["rotational"]) for d in internal]
     assert [n.mac for n in board.nics] == [n["mac"] for n in inv["nics"]]
     assert board.display == any(d.get("connected") for d in inv["displays"])
@@ -57,3 +57,14 @@ def test_clusterctl_inventory_board_from_a_captured_box(tmp_path: Path) -> None:
     board = yaml.safe_load(proc.stdout)
     assert board["firmware"] == "bios" and len(board["disks"]) == 3
     assert "UEFI assumed" not in proc.stdout
+
+
+def test_an_installed_hosts_own_system_disk_stays_in_its_board() -> None:
+    """On an installed host the boot medium is its system disk, part of the box (a stick is not)."""
+    inv = load_inventory("storage-box")
+    system = next(d for d in inv["disks"] if not d.get("rotational") and d["type"] != "usb")
+    for d in inv["disks"]:
+        d["boot_medium"] = d is system
+    board, _ = board_of(inv, "bios")
+    assert system["serial"] in [d.get("serial") for d in board["disks"]]
+    assert len(board["disks"]) == len([d for d in inv["disks"] if not d.get("removable")])

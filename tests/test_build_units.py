@@ -212,5 +212,5 @@ def test_the_screens_keyboard_is_the_profiles_keymap() -> None:
     render_layer(ROOT / "overlays" / "base", template_context(data, "stable", "stick", None, [], "0"), entries)
     unit = entries["etc/systemd/system/clusterctl-keymap.service"].data.decode()
     assert "ExecStart=/usr/bin/loadkeys de\n" in unit
-    assert "Before=sysinit.target clusterctl-firstboot.service getty@tty1.service" in unit
-    assert entries["etc/systemd/system/sysinit.target.wants/clusterctl-keymap.service"].kind == "link"
+    assert "Before=clusterctl-firstboot.service getty@tty1.service" in unit
+    assert entries["etc/systemd/system/multi-user.target.wants/clusterctl-keymap.service"].kind == "link"
