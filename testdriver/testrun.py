@@ -138,7 +138,8 @@ def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
             while True:
                 try:
                     event = m.wait_for(
-                        lambda e, name=name: e["event"] in (name, "error", "installed", "asking"),
+                        lambda e, name=name: e["event"] in (name, "error", "installed", "asking")
+                        and not is_the_sticks_own(run, e),
                         timeout=max(1.0, deadline - time.monotonic()),
                     )
                 except MachineExited:
@@ -174,6 +175,12 @@ def run_host(run: HostRun, workdir: Path, lan: Lan | None, timeout: float,
     finally:
         m.close()
     return result
+
+
+def is_the_sticks_own(run: HostRun, event: dict[str, Any]) -> bool:
+    """The stick's own system saying it is up (no host yet): not the host's ``ready``, which comes
+    from the installed system after the restart."""
+    return run.as_usb and event["event"] == "ready" and event.get("host") is None
 
 
 def answer_wizard(m: Machine, run: HostRun, asking: dict[str, Any]) -> str | None:

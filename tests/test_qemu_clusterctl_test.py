@@ -19,7 +19,7 @@ from builder.cli import main
 from builder.profile import load_profile
 from testdriver.board import load_board
 from testdriver.testkit import TestKit, build_stick
-from testdriver.testrun import check_event, plan_runs
+from testdriver.testrun import check_event, is_the_sticks_own, plan_runs
 
 pytest_plugins = ["tests.qemu_fixtures"]
 
@@ -67,6 +67,13 @@ def test_an_event_for_another_host_or_role_or_an_error_is_a_failure() -> None:
     )
     assert "host 'left'" in (check_event(run, {"event": "ready", "host": "left", "role": "storage"}) or "")
     assert "disk full" in (check_event(run, {"event": "error", "stage": "install", "message": "disk full"}) or "")
+
+
+def test_the_sticks_own_ready_is_not_the_hosts() -> None:
+    run = plan_runs(load_profile(PROFILE).data, Path("/img"), load_board, ["left"])[0]
+    assert is_the_sticks_own(run, {"event": "ready", "host": None, "role": None, "image": "stick"})
+    assert not is_the_sticks_own(run, {"event": "ready", "host": "left", "role": "desktop"})
+    assert not is_the_sticks_own(run, {"event": "matched", "host": None})
 
 
 def test_a_missing_image_fails_without_booting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
