@@ -357,18 +357,8 @@ def describe_plan(profile: Any, cache_dir: str | os.PathLike[str] | None = None,
     try:
         rows = []
         for s in plan.ordered():
-            cached = image_is_current(cache, plan.cluster, s) if s.kind == "image" else cache.has(s.key)
+            cached = KINDS[s.kind].current(cache, s)
             rows.append({"name": s.name, "kind": s.kind, "key": s.key, "deps": s.deps, "cached": cached})
         return rows
     finally:
         cache.close()
-
-
-def image_is_current(cache: Any, cluster: str, stage: Stage) -> bool:
-    """An image stage is 'cached' when its output file is the one this key produced."""
-    rec = cache.record(stage.key)
-    out = Path(stage.inputs["output"])
-    if rec is None or not out.exists():
-        return False
-    st = out.stat()
-    return bool(rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns)
