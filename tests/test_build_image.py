@@ -39,6 +39,7 @@ PROFILE = ROOT / "profiles" / "vesa-wall.yaml"
 GPTMBR = Path("/usr/lib/SYSLINUX/gptmbr.bin")
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_TYPE = "4F68BCE3-E8CD-4C1D-96E7-FBCAF984B709"
+BASIC_DATA_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
 
 
 class BuildRun:
@@ -154,8 +155,16 @@ def test_interrupted_cold_builds_leave_no_image_and_no_entry(built: dict[str, An
 
 def test_partition_table(built: dict[str, Any]) -> None:
     parts = _partitions(built["image"])
-    assert [(p["name"], p["type"]) for p in parts] == [("ESP", ESP_TYPE), ("root-stable", ROOT_TYPE)]
+    assert [(p["name"], p["type"]) for p in parts] == [("ESP", ESP_TYPE), ("root-stable", ROOT_TYPE),
+                                                       ("CLUSTER", BASIC_DATA_TYPE)]
     assert parts[0]["attrs"] == "LegacyBIOSBootable"
+    # The claim ledger's partition: an empty FAT labelled CLUSTER (first boot writes claims.json).
+    cluster = f"{built['image']}@@{_offset(built['image'], 'CLUSTER')}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    assert "CLUSTER" in subprocess.run(["mlabel", "-s", "-i", cluster, "::"], capture_output=True, text=True,
+                                       env=env, check=True).stdout
+    assert subprocess.run(["mdir", "-b", "-i", cluster, "::"], capture_output=True, text=True,
+                          env=env).stdout.strip() == ""
     assert parts[0]["start"] == 2048
     with open(built["image"], "rb") as f:
         mbr = f.read(512)
@@ -424,7 +433,7 @@ def test_isos_are_files_in_their_own_partition_with_an_entry_each(iso_stick: dic
     assert {"isos:stick", "esp:stick", "image:stick"} <= ran and not any(s.startswith(("rootfs:", "rootpart:"))
                                                                        for s in ran)
     parts = _partitions(image)
-    assert [p["name"] for p in parts] == ["ESP", "root-stable", "isos"]
+    assert [p["name"] for p in parts] == ["ESP", "root-stable", "CLUSTER", "isos"]
     listing = _debugfs(image, _offset(image, "isos"), "ls -l /")
     assert "kit.iso" in listing and "no-loopback.iso" in listing
     assert sorted(_mtools("mdir", image, "-b", "::/isoboot").split()) == [
