@@ -212,15 +212,18 @@ def decide_and_install(args: argparse.Namespace, opts: cmdline.Options, profile:
     req = Request(stick=medium.get("path") or f"/dev/{medium['name']}", target=str(decision.disk_path),
                   host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe)
     progress = Progress(consoles, req.host, str(decision.disk_path)).step if consoles is not None else None
+    # From here the stick's own 'ready' must not speak for the host it is installing (its unit
+    # checks this file), not even in the moment between 'installed' and the restart.
+    marker = Path(args.work, "installed")
+    marker.write_text(req.host + "\n", encoding="utf-8")
     rc = run_install(req, events, disk_name=decision.disk_path, progress=progress)
     if rc != exitcodes.OK:
+        marker.unlink(missing_ok=True)
         if frozen:
             thaw_root()
         say(consoles, f"[red]The install of {req.host} failed[/red] (the serial console's events say why); "
                       "nothing else was changed. Log in below to look around.")
         return rc
-    # The stick's own 'ready' must not speak for a host it has just installed (its unit checks this).
-    Path(args.work, "installed").write_text(req.host + "\n", encoding="utf-8")
     after = {"reboot": "Restarting into it", "poweroff": "Powering off: take the stick out, then power on",
              "none": "Restart when you are ready"}.get(opts.after, opts.after)
     say(consoles, f"[bold green]{req.host} is installed[/bold green] on {decision.disk_path}. {after}.")
