@@ -168,20 +168,18 @@ class Wizard:
         )
         self.emit("matched", host=c.host, role=c.role, score=c.score, outcome=result.outcome, why=c.reasons,
                   chosen_by=chosen_by, disk=decision.disk_path, wipe=decision.wipe)
-        if self.ledger_path is not None and self.ledger is not None:
+        recorded = self.ledger_path is not None and self.ledger is not None
+        problem = self.ledger_problem
+        if recorded:
             ledger_mod.claim(self.ledger, c.host, self.inventory)
             ledger_mod.save(self.ledger_path, self.ledger)
             problem = self.record_claim() if self.record_claim is not None else None
-            if problem:
-                self.say(f"[yellow]The claim could not be recorded: {escape(problem)}. The install goes on; "
-                         f"another box could be made {escape(c.host)} too.[/yellow]")
-                self.emit("claim", host=c.host, recorded=False, message=problem)
-            else:
-                self.emit("claim", host=c.host, recorded=True)
-        elif self.ledger_problem:
-            self.say(f"[yellow]The claim could not be recorded: {escape(self.ledger_problem)}. The install goes "
-                     f"on; another box could be made {escape(c.host)} too.[/yellow]")
-            self.emit("claim", host=c.host, recorded=False, message=self.ledger_problem)
+        if problem:
+            self.say(f"[yellow]The claim could not be recorded: {escape(problem)}. The install goes on; "
+                     f"another box could be made {escape(c.host)} too.[/yellow]")
+            self.emit("claim", host=c.host, recorded=False, message=problem)
+        elif recorded:
+            self.emit("claim", host=c.host, recorded=True)
         self.say(f"\n[bold green]Installing {c.host}[/bold green] to {decision.disk_path}.")
         return decision
 
