@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.profile import ProfileInvalid
+from builder.profile import load_board as load_checked
+
 BOARDS_DIR = Path(__file__).resolve().parent / "boards"
 
 # SMBIOS 3.x, type 3 "System Enclosure or Chassis Types" (DSP0134 §7.4.1).
@@ -115,9 +118,6 @@ def board_names(boards_dir: Path = BOARDS_DIR) -> list[str]:
 
 def load_board(name_or_path: str | os.PathLike[str], boards_dir: Path = BOARDS_DIR) -> Board:
     """A board by name or path, checked by the profile's field table (one set of rules for both)."""
-    from builder.profile import ProfileInvalid
-    from builder.profile import load_board as load_checked
-
     path = board_path(name_or_path, boards_dir)
     if not path.exists():
         known = ", ".join(board_names(boards_dir)) or "none"
