@@ -11,8 +11,9 @@ Stages, per image:
   overlay:<image>/<os>   rendered overlay trees, users, host facts (a tar)
   rootpart:<os>          the root's ext4 partition, as a file (shared like the root itself)
   rescue:<image>/<os>    a rescue system packed into an initramfs (runs from RAM)
-  esp:<image>            the EFI system partition: systemd-boot, syslinux, kernels, menus
-                         (and a GRUB per ISO entry: builder/stages/isoboot.py)
+  bootchain              Debian's signed shim and GRUB (Secure Boot), fetched once for all images
+  esp:<image>            the EFI system partition: shim+GRUB, syslinux, kernels, menus
+                         (and a GRUB script per ISO entry: builder/stages/isoboot.py)
   isos:<image>           a stick's ISO files in an ext4 partition (when it has ISO entries)
   claims:<image>         a stick's CLUSTER partition (FAT) for the claim ledger (usb-installers)
   image:<image>          the disk image in images/<cluster>/: partitions copied in, each OS's
@@ -32,7 +33,7 @@ from typing import Any
 from builder import __version__
 from builder.filedigest import file_digest
 from builder.stages.claims import SIZE_MIB as CLAIMS_SIZE_MIB
-from builder.stages.isoboot import ISOS_LABEL, iso_entry_name
+from builder.stages.isoboot import ISOS_LABEL, iso_entry_name, iso_kernels_signed
 from builder.stages.registry import KINDS
 from builder.stages.rootfs import BASE_PACKAGES, RootfsSpec
 from core.disk.gpt import BASIC_DATA_TYPE, CLAIMS_NAME, ESP_TYPE, LINUX_DATA_TYPE, ROOT_X86_64_TYPE
@@ -277,15 +278,19 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         iso_fs_uuid = str(uuid.uuid5(IMAGE_PARTUUID_NS, f"{cname}/{img_name}/isos-fs"))
         for name, path in iso_sources.items():
             iso_os = model.oses.get(name)  # an ISO OS of the profile, or one of the image's isos
-            boot_entries.append({"os": name, "kind": "iso",
-                                 "title": (iso_os.label if iso_os else None) or f"{name} (ISO {Path(path).name})",
-                                 "fs_uuid": iso_fs_uuid})
+            title = (iso_os.label if iso_os else None) or f"{name} (ISO {Path(path).name})"
+            signed = iso_kernels_signed(Path(path))
+            if signed is False:
+                title += " [unsigned: Secure Boot off]"
+            boot_entries.append({"os": name, "kind": "iso", "title": title, "fs_uuid": iso_fs_uuid,
+                                 "kernel_signed": signed})
+        chain = stages.get("bootchain") or add(Stage("bootchain", "bootchain", {}))
         esp = add(Stage("esp", f"esp:{img_name}", {
             "entries": [{k: v for k, v in e.items() if k not in ("rootfs", "payload", "overlay")}
                         for e in boot_entries],
             "default": boot_entries[0]["os"], "timeout_s": 3, "hidden_sectors": 2048,
-        }, deps=sorted({e["rootfs"] for e in boot_entries if "rootfs" in e}
-                       | {e["payload"] for e in boot_entries if e["kind"] == "rescue"}),
+        }, deps=[chain.name, *sorted({e["rootfs"] for e in boot_entries if "rootfs" in e}
+                                     | {e["payload"] for e in boot_entries if e["kind"] == "rescue"})],
             params={"entries": boot_entries}))
         output = image_output(cname, img_name, img, out_root)
         parts = [{"name": "ESP", "stage": esp.name, "type": ESP_TYPE, "uuid": partuuid(cname, img_name, "esp"),

@@ -8,11 +8,12 @@ selectors read. What QEMU can't imitate exactly is said in a comment on the line
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 import yaml
+
+from hardware.firmware import board_firmware, firmware
 
 # Linux NIC drivers → the QEMU NIC model closest to them (the MAC is what matters to selectors).
 NIC_MODELS = {"virtio_net": "virtio", "e1000": "e1000", "e1000e": "e1000e", "igb": "e1000e", "igc": "e1000e",
@@ -54,14 +55,15 @@ def _nic(n: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     return {"model": model, "mac": str(n.get("mac") or "").lower()}, note
 
 
-def this_firmware(efi_dir: str = "/sys/firmware/efi") -> str:
-    """The firmware this machine booted with."""
-    return "uefi" if os.path.isdir(efi_dir) else "bios"
+def this_firmware(sys_root: str = "/sys") -> str:
+    """The firmware this machine booted with: uefi-secure, uefi or bios."""
+    return board_firmware(firmware(sys_root))
 
 
 def board_of(inventory: dict[str, Any], firmware: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """The board (plain data, as a board file holds it) and notes on what is approximated.
-    ``firmware``: uefi or bios (the inventory does not say; None: UEFI, with a note)."""
+    ``firmware``: uefi-secure, uefi or bios (None: what the inventory says; an inventory captured
+    before it recorded the firmware: UEFI, with a note)."""
     system = inventory.get("system") or {}
     chassis = (system.get("chassis") or {}).get("name")
     notes: list[str] = []
@@ -84,6 +86,8 @@ def board_of(inventory: dict[str, Any], firmware: str | None = None) -> tuple[di
         if nic["mac"]:
             nics.append(nic)
             notes += [note] if note else []
+    if firmware is None and inventory.get("firmware"):
+        firmware = board_firmware(inventory["firmware"])
     if firmware is None:
         firmware = "uefi"
         notes.append("firmware: not known for a captured inventory, UEFI assumed (--firmware bios to say)")

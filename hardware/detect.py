@@ -17,6 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from hardware.firmware import firmware
+
 SCHEMA_VERSION = 1
 MARKER = "clusterctl/medium"  # under /run: written by the stick's boot to name the medium
 STICK_LABEL = "CLUSTER"  # the stick's small writable FAT partition
@@ -370,11 +372,12 @@ def settle(timeout: float = 10.0) -> None:
 
 
 def collect(context: Any | None = None, *, proc_root: str | os.PathLike[str] = "/proc",
-            run_root: str | os.PathLike[str] = "/run", wait_for_udev: bool = False) -> dict[str, Any]:
+            run_root: str | os.PathLike[str] = "/run", sys_root: str | os.PathLike[str] = "/sys",
+            wait_for_udev: bool = False) -> dict[str, Any]:
     """The inventory of this machine (hardware/inventory.schema.json).
 
-    ``proc_root`` and ``run_root`` let tests replay a recorded machine (umockdev redirects /sys and
-    /dev, not /proc or /run).
+    ``proc_root``, ``run_root`` and ``sys_root`` let tests replay a recorded machine (umockdev
+    redirects /sys and /dev for udev, not /proc or /run).
     """
     import pyudev
 
@@ -406,4 +409,5 @@ def collect(context: Any | None = None, *, proc_root: str | os.PathLike[str] = "
         "displays": _displays(ctx),
         "power": _power(ctx),
         "boot": boot,
+        "firmware": firmware(sys_root),
     }

@@ -26,6 +26,13 @@ OVMF_PAIRS = (
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
     ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
 )
+# firmware: uefi-secure, as a PC leaves the factory: OVMF built with Secure Boot (its variable
+# store guarded by SMM) and a store with Microsoft's keys enrolled and Secure Boot enforced.
+OVMF_SECURE_PAIRS = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.secboot.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"),
+)
+UEFI_FIRMWARES = ("uefi", "uefi-secure")
 NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
 SATA_PORTS = 6  # q35's built-in ICH9 AHCI controller: buses ide.0 … ide.5
 STICK_ID = "stick"
@@ -86,11 +93,12 @@ class MachinePaths:
         return self.workdir / "stick.qcow2"
 
 
-def find_ovmf() -> tuple[Path, Path]:
-    for code, vars_ in OVMF_PAIRS:
+def find_ovmf(secure: bool = False) -> tuple[Path, Path]:
+    for code, vars_ in OVMF_SECURE_PAIRS if secure else OVMF_PAIRS:
         if Path(code).is_file() and Path(vars_).is_file():
             return Path(code), Path(vars_)
-    raise MachineSetupError("no OVMF firmware found (install Debian's 'ovmf' package for UEFI boards)")
+    what = "Secure Boot OVMF firmware with Microsoft's keys" if secure else "OVMF firmware"
+    raise MachineSetupError(f"no {what} found (install Debian's 'ovmf' package for UEFI boards)")
 
 
 def _opt(value: str) -> str:
@@ -174,8 +182,8 @@ def prepare_files(cfg: MachineConfig, paths: MachinePaths) -> None:
     paths.workdir.mkdir(parents=True, exist_ok=True)
     paths.sockdir.mkdir(parents=True, exist_ok=True)
     board = cfg.board
-    if board.firmware == "uefi" and not paths.vars_fd.exists():
-        shutil.copyfile(find_ovmf()[1], paths.vars_fd)
+    if board.firmware in UEFI_FIRMWARES and not paths.vars_fd.exists():
+        shutil.copyfile(find_ovmf(board.firmware == "uefi-secure")[1], paths.vars_fd)
     paths.smbios_type3.write_bytes(
         smbios_type3_table(board.dmi.vendor, board.dmi.chassis_type, board.dmi.version, serial_of(cfg))
     )
@@ -283,12 +291,16 @@ def build_command(cfg: MachineConfig, paths: MachinePaths) -> list[str]:
     board = cfg.board
     direct = cfg.kernel is not None
     argv = [
-        QEMU, "-accel", "tcg", "-machine", "q35", "-nodefaults", "-no-user-config",
+        # SMM: the Secure Boot build of OVMF keeps its variables where the OS cannot write them.
+        QEMU, "-accel", "tcg", "-machine", "q35,smm=on" if board.firmware == "uefi-secure" else "q35",
+        "-nodefaults", "-no-user-config",
         "-name", f"guest={board.name}", "-smp", str(board.cpus), "-m", f"{board.memory // 2**20}M",
         "-rtc", "base=utc", "-display", "none",
     ]  # fmt: skip
-    if board.firmware == "uefi":
-        code, _ = find_ovmf()
+    if board.firmware == "uefi-secure":
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    if board.firmware in UEFI_FIRMWARES:
+        code, _ = find_ovmf(board.firmware == "uefi-secure")
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(str(code))}"]
         argv += ["-drive", f"if=pflash,format=raw,unit=1,file={_opt(str(paths.vars_fd))}"]
     argv += _smbios_args(cfg, paths)

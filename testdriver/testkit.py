@@ -190,14 +190,16 @@ class TestKit:
             parts.append("testkit.hold=1")
         return " ".join(parts)
 
-    def make_iso(self, out: Path, loopback: bool = True) -> Path:
+    def make_iso(self, out: Path, loopback: bool = True, signed: bool = True) -> Path:
         """An ISO 9660 image holding the kit, as a distribution's live ISO holds its system: with
         a /boot/grub/loopback.cfg (unless ``loopback`` is false) whose entry boots the kit with
-        ``testkit.host=${iso_path}``, so ``ready`` tells which file GRUB found it in."""
+        ``testkit.host=${iso_path}``, so ``ready`` tells which file GRUB found it in. Debian's
+        kernel is signed; ``signed=False`` strips its signature, as a home-built kernel has none."""
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             tree = Path(tmp)
             (tree / "kit").mkdir()
-            (tree / "kit" / "vmlinuz").write_bytes(self.kernel.read_bytes())
+            kernel = self.kernel.read_bytes()
+            (tree / "kit" / "vmlinuz").write_bytes(kernel if signed else without_signature(kernel))
             (tree / "kit" / "initrd").write_bytes(self.initrd.read_bytes())
             (tree / "boot" / "grub").mkdir(parents=True)
             cfg = ("set timeout=0\nmenuentry 'the test kit, from an ISO file' {\n"
@@ -210,6 +212,19 @@ class TestKit:
 
 class TestKitError(RuntimeError):
     pass
+
+
+def without_signature(pe: bytes) -> bytes:
+    """A signed PE program (an EFI-stub kernel) with its Authenticode signature cut off: the
+    certificate table's entry zeroed and the table (at the end of the file) dropped."""
+    at = struct.unpack_from("<I", pe, 0x3C)[0] + 24
+    entry = at + (112 if struct.unpack_from("<H", pe, at)[0] == 0x20B else 96) + 4 * 8
+    offset, size = struct.unpack_from("<II", pe, entry)
+    if not size:
+        return pe
+    out = bytearray(pe[:offset])
+    struct.pack_into("<II", out, entry, 0, 0)
+    return bytes(out)
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:

@@ -27,13 +27,15 @@ MOUNTINFO = "22 1 {devnum} / / rw,relatime shared:1 - {fs} /dev/root rw\n23 22 0
 # What each recorded shape's /proc and /run say (see tests/fixtures/umockdev/README.md).
 SHAPES: dict[str, dict[str, Any]] = {
     "nano-itx-desktop": {"cpu": "Intel(R) Celeron(R) CPU J1900 @ 1.99GHz", "mem_kib": 3890000,
-                         "root": ("0:1", "tmpfs"), "marker": None},
+                         "root": ("0:1", "tmpfs"), "marker": None, "secure_boot": False},
     "storage-box": {"cpu": "Intel(R) Celeron(R) CPU J1900 @ 1.99GHz", "mem_kib": 7900000,
-                    "root": ("8:50", "ext4"), "marker": None},
+                    "root": ("8:50", "ext4"), "marker": None, "secure_boot": None},  # legacy BIOS
     "laptop": {"cpu": "11th Gen Intel(R) Core(TM) i7-1165G7 @ 2.80GHz", "mem_kib": 16000000,
-               "root": ("0:1", "overlay"), "marker": "/dev/sda2\n"},
-    "cloud-vm": {"cpu": "AMD EPYC", "mem_kib": 2010000, "root": ("254:0", "ext4"), "marker": None},
+               "root": ("0:1", "overlay"), "marker": "/dev/sda2\n", "secure_boot": True},
+    "cloud-vm": {"cpu": "AMD EPYC", "mem_kib": 2010000, "root": ("254:0", "ext4"), "marker": None,
+                 "secure_boot": False},
 }
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
 def need_umockdev() -> None:
@@ -41,10 +43,17 @@ def need_umockdev() -> None:
         pytest.skip("umockdev-run (Debian package umockdev) and /usr/bin/python3 are needed")
 
 
-def fake_roots(shape: str, base: Path) -> tuple[Path, Path]:
-    """A /proc and a /run for ``shape`` under ``base``."""
+def fake_roots(shape: str, base: Path) -> tuple[Path, Path, Path]:
+    """A /proc, a /run and the firmware part of /sys for ``shape`` under ``base`` (umockdev's
+    recordings have no /sys/firmware)."""
     spec = SHAPES[shape]
-    proc, run = base / "proc", base / "run"
+    proc, run, sys_root = base / "proc", base / "run", base / "sys"
+    sys_root.mkdir(parents=True, exist_ok=True)
+    if spec["secure_boot"] is not None:  # UEFI: efivarfs files are 4 bytes of attributes, then the value
+        efivars = sys_root / "firmware" / "efi" / "efivars"
+        efivars.mkdir(parents=True, exist_ok=True)
+        (efivars / f"SecureBoot-{EFI_GLOBAL}").write_bytes(b"\x06\0\0\0" + bytes([spec["secure_boot"]]))
+        (efivars / f"SetupMode-{EFI_GLOBAL}").write_bytes(b"\x06\0\0\0\0")
     (proc / "self").mkdir(parents=True, exist_ok=True)
     (run / "clusterctl").mkdir(parents=True, exist_ok=True)
     (proc / "cpuinfo").write_text(CPUINFO.format(model=spec["cpu"]))
@@ -53,7 +62,7 @@ def fake_roots(shape: str, base: Path) -> tuple[Path, Path]:
     (proc / "self" / "mountinfo").write_text(MOUNTINFO.format(devnum=devnum, fs=fs))
     if spec["marker"]:
         (run / "clusterctl" / "medium").write_text(spec["marker"])
-    return proc, run
+    return proc, run, sys_root
 
 
 def run_under_umockdev(shape: str, code: str, *args: str, python: str = SYSTEM_PYTHON,
@@ -67,10 +76,10 @@ def run_under_umockdev(shape: str, code: str, *args: str, python: str = SYSTEM_P
 
 def detect(shape: str, base: Path) -> dict[str, Any]:
     """collect() on the recorded ``shape``, run by Debian's python3 under umockdev."""
-    proc, run = fake_roots(shape, base)
+    proc, run, sys_root = fake_roots(shape, base)
     code = ("import json, sys; sys.path.insert(0, '.'); from hardware.detect import collect; "
-            "print(json.dumps(collect(proc_root=sys.argv[1], run_root=sys.argv[2])))")
-    done = run_under_umockdev(shape, code, str(proc), str(run))
+            "print(json.dumps(collect(proc_root=sys.argv[1], run_root=sys.argv[2], sys_root=sys.argv[3])))")
+    done = run_under_umockdev(shape, code, str(proc), str(run), str(sys_root))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

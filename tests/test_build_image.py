@@ -29,6 +29,7 @@ from builder.bmap import read_bmap
 from builder.cache import StageCache
 from builder.plan import describe_plan
 from builder.profile import load_profile
+from builder.stages.isoboot import pe_signed
 from testdriver.testkit import TestKit
 from tests.diskroom import link_tree, module_workdir
 
@@ -143,6 +144,12 @@ def _mtools(tool: str, image: Path, *args: str) -> str:
                           text=True, env=env).stdout
 
 
+def _mtools_bytes(image: Path, path: str) -> bytes:
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    return subprocess.run(["mtype", "-i", f"{image}@@{_offset(image, 'ESP')}", path], check=True,
+                          capture_output=True, env=env).stdout
+
+
 def test_interrupted_cold_builds_leave_no_image_and_no_entry(built: dict[str, Any]) -> None:
     for r in built["interrupted"]:
         assert r["rc"] != 0, r
@@ -178,7 +185,13 @@ def test_esp_has_both_boot_loaders_and_one_entry_per_os(built: dict[str, Any]) -
     for needed in ("::/EFI/BOOT/BOOTX64.EFI", "::/syslinux/ldlinux.sys", "::/syslinux/ldlinux.c32",
                    "::/stable/vmlinuz", "::/stable/initrd.img", "::/rescue/vmlinuz", "::/rescue/initrd.img"):
         assert needed in listing, listing
-    assert "default 10-stable.conf" in _mtools("mtype", img, "::/loader/loader.conf")
+    # UEFI: Debian's signed chain, so Secure Boot boxes start it (shim as the removable-media loader).
+    chain = {n: _mtools_bytes(img, f"::/EFI/BOOT/{n}") for n in ("BOOTX64.EFI", "grubx64.efi", "mmx64.efi")}
+    assert all(pe_signed(data) for data in chain.values())
+    assert b"shim" in chain["BOOTX64.EFI"] and b"GNU GRUB" in chain["grubx64.efi"]
+    assert pe_signed(_mtools_bytes(img, "::/stable/vmlinuz"))  # Debian's kernel: GRUB checks it under shim
+    grub = _mtools("mtype", img, "::/EFI/debian/grub.cfg")
+    assert "set default=0" in grub and grub.index("--id 'stable' --hotkey=1") < grub.index("--id 'rescue' --hotkey=2")
     stable = _mtools("mtype", img, "::/loader/entries/10-stable.conf")
     rescue = _mtools("mtype", img, "::/loader/entries/20-rescue.conf")
     root_uuid = next(p["uuid"] for p in _partitions(img) if p["name"] == "root-stable").lower()
@@ -367,14 +380,15 @@ def _boot(built: dict[str, Any], board: str, workdir: Path, prompt: str | None =
 
 
 def test_uefi_boots_the_default_entry(built: dict[str, Any], tmp_path: Path) -> None:
-    ev = _boot(built, "vesa-mini-pc", tmp_path / "vm")  # firmware: uefi (OVMF)
+    ev = _boot(built, "vesa-mini-pc", tmp_path / "vm")  # firmware: uefi-secure (OVMF, Secure Boot enforced)
     assert ev["os"] == "stable" and ev["host"] is None  # an installer stick: first boot names the host
+    assert ev["firmware"] == {"mode": "uefi", "secure_boot": True, "setup_mode": False}
     assert ev["os_release"]["VERSION_CODENAME"] == "bookworm"
 
 
 def test_uefi_menu_picks_the_second_entry(built: dict[str, Any], tmp_path: Path) -> None:
-    # In systemd-boot's menu (drawn on the serial console) digit N selects entry N; Enter boots it.
-    ev = _boot(built, "vesa-mini-pc", tmp_path / "vm", prompt=r"runs from RAM", keys="2\r")
+    # In GRUB's menu (drawn on the screen and the serial console) digit N boots entry N.
+    ev = _boot(built, "vesa-mini-pc", tmp_path / "vm", prompt=r"runs from RAM", keys="2")
     assert ev["os"] == "rescue" and ev["os_release"]["VERSION_CODENAME"] == "bookworm"
 
 
@@ -414,11 +428,12 @@ def iso_stick(built: dict[str, Any], testkit: TestKit,
 def _build_with_isos(base: Path, cache: Path, testkit: TestKit) -> dict[str, Any]:
     testkit.make_iso(base / "kit.iso")
     testkit.make_iso(base / "No Loopback.iso", loopback=False)
+    testkit.make_iso(base / "Unsigned Kit.iso", signed=False)
     data = yaml.safe_load(PROFILE.read_text())
     data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
     data["oses"]["kit"] = {"kind": "iso", "path": str(base / "kit.iso"), "label": "the test kit, from an ISO"}
     data["roles"]["screen"]["os"].append("kit")
-    data["images"]["stick"]["isos"] = [str(base / "No Loopback.iso")]
+    data["images"]["stick"]["isos"] = [str(base / "No Loopback.iso"), str(base / "Unsigned Kit.iso")]
     profile = base / "isos.yaml"
     profile.write_text(yaml.safe_dump(data))
     rc, stdout, err = BuildRun(profile, base / "images", cache).finish()
@@ -437,18 +452,31 @@ def test_isos_are_files_in_their_own_partition_with_an_entry_each(iso_stick: dic
     listing = _debugfs(image, _offset(image, "isos"), "ls -l /")
     assert "kit.iso" in listing and "no-loopback.iso" in listing
     assert sorted(_mtools("mdir", image, "-b", "::/isoboot").split()) == [
-        "::/isoboot/kit.efi", "::/isoboot/kit.lnx", "::/isoboot/no-loopback.efi", "::/isoboot/no-loopback.lnx"]
-    assert _mtools("mtype", image, "::/loader/entries/30-kit.conf") == (
-        "title the test kit, from an ISO\nsort-key 30\nefi /isoboot/kit.efi\n")
+        "::/isoboot/kit.cfg", "::/isoboot/kit.lnx", "::/isoboot/no-loopback.cfg", "::/isoboot/no-loopback.lnx",
+        "::/isoboot/unsigned-kit.cfg", "::/isoboot/unsigned-kit.lnx"]
+    grub = _mtools("mtype", image, "::/EFI/debian/grub.cfg")
+    assert "menuentry 'the test kit, from an ISO' --id 'kit' --hotkey=3 {\n  configfile /isoboot/kit.cfg\n}" in grub
+    # The kit's kernel is Debian's, signed; the stripped one's menu line says what it needs.
+    assert "menuentry 'unsigned-kit (ISO Unsigned Kit.iso) [unsigned: Secure Boot off]'" in grub
+    assert "lockdown" in _mtools("mtype", image, "::/isoboot/unsigned-kit.cfg")
+    assert "lockdown" not in _mtools("mtype", image, "::/isoboot/kit.cfg")
     assert "LABEL no-loopback\n  KERNEL /isoboot/no-loopback.lnx\n" in _mtools("mtype", image,
                                                                                "::/syslinux/syslinux.cfg")
     isos = iso_stick["manifest"]["images"]["stick"]["isos"]
-    assert [(i["entry"], i["file"]) for i in isos] == [("kit", "kit.iso"), ("no-loopback", "No Loopback.iso")]
+    assert [(i["entry"], i["file"]) for i in isos] == [("kit", "kit.iso"), ("no-loopback", "No Loopback.iso"),
+                                                       ("unsigned-kit", "Unsigned Kit.iso")]
 
 
 def test_uefi_boots_an_iso_file_through_its_loopback_cfg(iso_stick: dict[str, Any], tmp_path: Path) -> None:
-    ev = _boot(iso_stick, "vesa-mini-pc", tmp_path / "vm", prompt=r"runs from RAM", keys="3\r")
+    # vesa-mini-pc boots with Secure Boot on: the kit's kernel is Debian's, which shim trusts.
+    ev = _boot(iso_stick, "vesa-mini-pc", tmp_path / "vm", prompt=r"runs from RAM", keys="3")
     assert (ev["os"], ev["role"], ev["host"]) == ("testkit", "iso", "/kit.iso")  # iso_path reached its kernel
+
+
+def test_secure_boot_refuses_an_unsigned_iso_and_says_why(iso_stick: dict[str, Any], tmp_path: Path) -> None:
+    ev = _boot(iso_stick, "vesa-mini-pc", tmp_path / "vm", prompt=r"runs from RAM", keys="5", until="error")
+    assert ev["stage"] == "iso" and ev["os"] == "unsigned-kit"
+    assert "Secure Boot is on and /unsigned-kit.iso's kernel is not signed" in ev["message"]
 
 
 def test_bios_boots_an_iso_file_by_its_label(iso_stick: dict[str, Any], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,7 +121,12 @@ def assert_installed(stick: Path, disk: Path, host: str = "left") -> None:
     # Boot menus: the role's OSes only, roots by this disk's PARTUUIDs, the default first.
     assert sorted(fat(disk, "mdir", "-b", "::/").split()) == sorted(
         ["::/EFI/", "::/loader/", "::/syslinux/", *[f"::/{o}/" for o in ROLE_OSES[role]]])
-    assert fat(disk, "mtype", "::/loader/loader.conf").startswith(f"default 10-{systems[0]}.conf")
+    # The signed chain came along with the ESP; GRUB's menu boots the default first.
+    assert sorted(fat(disk, "mdir", "-b", "::/EFI/BOOT").split()) == [
+        "::/EFI/BOOT/BOOTX64.EFI", "::/EFI/BOOT/grubx64.efi", "::/EFI/BOOT/mmx64.efi"]
+    grub = fat(disk, "mtype", "::/EFI/debian/grub.cfg")
+    titles = re.findall(r"^menuentry '[^']*' --id '([^']*)'", grub, re.MULTILINE)
+    assert titles == ROLE_OSES[role] and "isoboot" not in grub
     cfg = fat(disk, "mtype", "::/syslinux/syslinux.cfg")
     assert f"DEFAULT {systems[0]}" in cfg
     for o in systems:
@@ -128,6 +134,7 @@ def assert_installed(stick: Path, disk: Path, host: str = "left") -> None:
         entry = next(e for e in fat(disk, "mdir", "-b", "::/loader/entries").split() if e.endswith(f"-{o}.conf"))
         assert f"root=PARTUUID={uuid} " in fat(disk, "mtype", entry)
         assert f"root=PARTUUID={uuid} " in cfg
+        assert f"linux /{o}/vmlinuz root=PARTUUID={uuid} " in grub
     for o in systems:
         p = part(disk, f"root-{o}")
         assert fsck_clean(disk, p)
@@ -159,7 +166,8 @@ def test_installs_the_desktop_onto_a_blank_disk(stick: Path, tmp_path: Path) -> 
     assert_installed(stick, disk, "left")
     # The stick's ISO entry and its GRUB stay on the stick (assert_installed: not on the disk).
     assert "::/isoboot/" in fat(stick, "mdir", "-b", "::/").split()
-    assert any(e.endswith("-live.conf") for e in fat(stick, "mdir", "-b", "::/loader/entries").split())
+    assert "menuentry 'live (ISO live.iso)' --id 'live' --hotkey=4 {\n  configfile /isoboot/live.cfg\n}" in fat(
+        stick, "mtype", "::/EFI/debian/grub.cfg")
 
 
 def test_storage_host_gets_only_its_oses(stick: Path, tmp_path: Path) -> None:

@@ -15,8 +15,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from builder.stages.bootchain import fetch as fetch_chain
 from builder.stages.esp import GPTMBR, build_esp
 from builder.stages.isoboot import LINUX_DATA_TYPE, build_iso_partition
+from builder.tools import ToolRunner
 
 MiB = 1024 * 1024
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -71,7 +73,8 @@ def make_stick(work: Path) -> Path:
     entries.append({"os": "live", "kind": "iso", "title": "live (ISO live.iso)", "fs_uuid": iso_fs_uuid})
     esp = work / "esp.img"
     (work / "espwork").mkdir(exist_ok=True)
-    build_esp(entries, payloads, "stable", 3, 2048, esp, work / "espwork", log)
+    chain = fetch_chain(work / "chain", ToolRunner(log))  # Debian's signed shim and GRUB, as a build has
+    build_esp(entries, payloads, chain, "stable", 3, 2048, esp, work / "espwork", log)
     (work / "isowork").mkdir(exist_ok=True)
     (work / "live.iso").write_bytes(b"not really an ISO\n" * 1000)
     isos = work / "isos.img"

@@ -36,12 +36,63 @@ def test_entry_names_are_plain(path: str, entry: str) -> None:
 
 
 def test_grub_config_hands_over_to_the_isos_loopback_cfg() -> None:
-    cfg = isoboot.grub_config("live", FS_UUID)
+    cfg = isoboot.grub_config("live", FS_UUID, serial=True)
     assert "set iso_path=/live.iso\nexport iso_path\n" in cfg
     assert f"search --no-floppy --fs-uuid --set=isopart {FS_UUID}" in cfg
     assert "loopback loop ($isopart)$iso_path" in cfg and "configfile /boot/grub/loopback.cfg" in cfg
     # each way of failing is said on the console as an event line
     assert cfg.count('CLUSTERCTL {"event": "error", "stage": "iso", "os": "live"') == 3
+    assert "serial --unit=0" in cfg and "lockdown" not in cfg
+    # The ESP's signed GRUB has its consoles set up already; an unsigned kernel is not tried under
+    # Secure Boot (GRUB's lockdown), and the screen says what to do.
+    esp_cfg = isoboot.grub_config("live", FS_UUID, serial=False, kernel_signed=False)
+    assert "serial" not in esp_cfg.split("CLUSTERCTL")[0] and esp_cfg.count('"event": "error"') == 4
+    refusal, _, rest = esp_cfg.partition("else\n")
+    assert 'if [ "$lockdown" = "y" ]; then' in refusal and "turn Secure Boot off" in refusal
+    assert "configfile /boot/grub/loopback.cfg" in rest and "configfile" not in refusal
+    assert "lockdown" not in isoboot.grub_config("live", FS_UUID, serial=False, kernel_signed=True)
+
+
+def _pe(cert_size: int, pe32_plus: bool = True) -> bytes:
+    """The headers of a PE/COFF program, as far as the certificate table (data directory 4)."""
+    data = bytearray(512)
+    data[:2] = b"MZ"
+    data[0x3C:0x40] = (0x80).to_bytes(4, "little")
+    data[0x80:0x84] = b"PE\0\0"
+    opt = 0x80 + 24
+    data[opt:opt + 2] = (0x20B if pe32_plus else 0x10B).to_bytes(2, "little")
+    cert = opt + (112 if pe32_plus else 96) + 4 * 8
+    data[cert:cert + 8] = (0x400).to_bytes(4, "little") + cert_size.to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_pe_signature_is_its_certificate_table(tmp_path: Path) -> None:
+    assert isoboot.pe_signed(_pe(0x900)) and isoboot.pe_signed(_pe(0x900, pe32_plus=False))
+    assert not isoboot.pe_signed(_pe(0)) and not isoboot.pe_signed(b"\x7fELF" + bytes(200))
+    assert not isoboot.pe_signed(b"MZ")  # cut short: not a program at all
+    # GRUB made by grub-mkimage is a real PE program with no signature.
+    out = tmp_path / "grub.efi"
+    subprocess.run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(out), "-p", "/", "normal"], check=True)
+    assert out.read_bytes()[:2] == b"MZ" and not isoboot.pe_signed(out.read_bytes())
+
+
+def test_an_isos_kernels_are_read_from_its_loopback_cfg(tmp_path: Path) -> None:
+    def iso(name: str, kernel: bytes, cfg: str | None) -> Path:
+        tree = tmp_path / name
+        (tree / "live").mkdir(parents=True)
+        (tree / "live" / "vmlinuz").write_bytes(kernel)
+        if cfg is not None:
+            (tree / "boot" / "grub").mkdir(parents=True)
+            (tree / "boot" / "grub" / "loopback.cfg").write_text(cfg)
+        out = tmp_path / f"{name}.iso"
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(out), str(tree)], check=True)
+        return out
+
+    cfg = "menuentry live {\n  linux /live/vmlinuz boot=live findiso=${iso_path}\n  initrd /live/initrd\n}\n"
+    assert isoboot.iso_kernels_signed(iso("signed", _pe(0x900), cfg)) is True
+    assert isoboot.iso_kernels_signed(iso("unsigned", _pe(0), cfg)) is False
+    assert isoboot.iso_kernels_signed(iso("missing", _pe(0x900), cfg.replace("/live/vmlinuz", "/live/gone"))) is False
+    assert isoboot.iso_kernels_signed(iso("no-cfg", _pe(0x900), None)) is None
 
 
 def test_iso_partition_holds_the_files_and_grub_can_read_it(tmp_path: Path) -> None:
@@ -63,33 +114,37 @@ def test_iso_partition_holds_the_files_and_grub_can_read_it(tmp_path: Path) -> N
     assert not (tmp_path / "work" / "isos").exists()
 
 
-def test_grub_programs_carry_their_config(tmp_path: Path) -> None:
+def test_iso_boot_files_carry_their_config(tmp_path: Path) -> None:
     out = tmp_path / "isoboot"
     out.mkdir()
 
     def run(argv: list[str]) -> None:
         subprocess.run(argv, check=True, capture_output=True)
 
-    paths = isoboot.build_grub_pair("live", FS_UUID, out, tmp_path, run)
-    assert paths == {"efi": "/isoboot/live.efi", "bios": "/isoboot/live.lnx"}
-    efi, lnx = (out / "live.efi").read_bytes(), (out / "live.lnx").read_bytes()
-    assert efi[:2] == b"MZ"  # a PE program for UEFI
+    paths = isoboot.build_iso_boot("live", FS_UUID, False, out, tmp_path, run)
+    assert paths == {"grub_cfg": "/isoboot/live.cfg", "bios": "/isoboot/live.lnx"}
+    assert (out / "live.cfg").read_text() == isoboot.grub_config("live", FS_UUID, serial=False, kernel_signed=False)
+    lnx = (out / "live.lnx").read_bytes()
     assert lnx.startswith(isoboot.LNXBOOT.read_bytes()) and lnx[0x202:0x206] == b"HdrS"  # a "Linux kernel"
     with tarfile.open(tmp_path / "live.memdisk.tar") as tar:
         assert tar.getnames() == ["boot", "boot/grub", "boot/grub/grub.cfg"]
         cfg = tar.extractfile("boot/grub/grub.cfg")
-        assert cfg is not None and cfg.read().decode() == isoboot.grub_config("live", FS_UUID)
+        assert cfg is not None and cfg.read().decode() == isoboot.grub_config("live", FS_UUID, serial=True)
 
 
-def test_menus_run_the_grub_of_an_iso_entry_and_installs_drop_it() -> None:
-    files = menus([BootEntry("stable", "stable", "/stable/vmlinuz", "/stable/initrd.img", "root=PARTUUID=x rw"),
-                   BootEntry("live", "live (ISO)", "", "", "", efi="/isoboot/live.efi", bios="/isoboot/live.lnx")])
-    entry = files["loader/entries/20-live.conf"]
-    assert entry == "title live (ISO)\nsort-key 20\nefi /isoboot/live.efi\n"
+def test_menus_run_the_script_of_an_iso_entry_and_installs_drop_it() -> None:
+    files = menus([BootEntry("stable", "Debian stable", "/stable/vmlinuz", "/stable/initrd.img", "root=PARTUUID=x rw"),
+                   BootEntry("live", "live (ISO)", "", "", "", grub_cfg="/isoboot/live.cfg",
+                             bios="/isoboot/live.lnx")])
+    assert sorted(files) == ["EFI/debian/grub.cfg", "loader/entries/10-stable.conf", "syslinux/boot.txt",
+                             "syslinux/syslinux.cfg"]  # an ISO has no entry for first boot to read back
     assert files["syslinux/syslinux.cfg"].endswith("LABEL live\n  KERNEL /isoboot/live.lnx\n")
-    assert files["loader/loader.conf"].startswith("default 10-stable.conf")
-    assert parse_entry(entry) is None  # first boot keeps only entries with a kernel
     assert parse_entry(files["loader/entries/10-stable.conf"]) is not None
+    grub = files["EFI/debian/grub.cfg"]
+    assert "set default=0\nset timeout=3\n" in grub
+    assert ("menuentry 'Debian stable' --id 'stable' --hotkey=1 {\n  echo 'Loading Debian stable ...'\n"
+            "  linux /stable/vmlinuz root=PARTUUID=x rw\n  initrd /stable/initrd.img\n}") in grub
+    assert "menuentry 'live (ISO)' --id 'live' --hotkey=2 {\n  configfile /isoboot/live.cfg\n}" in grub
 
 
 def _iso_profile(tmp_path: Path, extra_image: dict | None = None) -> Path:

@@ -55,7 +55,14 @@ def test_every_board_parses_and_builds_a_command(name: str, tmp_path: Path) -> N
     argv, paths = _prepared(board, tmp_path)
     assert argv[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
     assert ("VGA" in _devices(argv)) == board.display
-    assert (any("if=pflash" in a for a in argv)) == (board.firmware == "uefi")
+    assert (any("if=pflash" in a for a in argv)) == (board.firmware in ("uefi", "uefi-secure"))
+    # Secure Boot: OVMF's SMM build, its variable store guarded, Microsoft's keys enrolled.
+    secure = board.firmware == "uefi-secure"
+    assert ("q35,smm=on" in argv) == secure and ("driver=cfi.pflash01,property=secure,value=on" in argv) == secure
+    assert any("secboot" in a for a in argv) == secure
+    if board.firmware != "bios":
+        store = paths.vars_fd.read_bytes()
+        assert (b"Microsoft" in store or "Microsoft".encode("utf-16-le") in store) == secure
     # Every internal disk is a sparse qcow2 of the board's size.
     for i, disk in enumerate(board.disks):
         info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", str(paths.disk(i))]))

@@ -29,7 +29,7 @@ from builder.stages.kind import StageContext, StageKind
 from builder.stages.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_KINDS = {"rootfs", "overlay", "rootpart", "rescue", "esp", "isos", "claims", "image"}
+ALL_KINDS = {"rootfs", "overlay", "rootpart", "rescue", "bootchain", "esp", "isos", "claims", "image"}
 
 
 def _fake_tool_version(tool: str) -> str:

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--board-name", default="BOARD", help="the board in the suggested stanza")
     p.add_argument("--board", action="store_true",
                    help="print a board file (YAML) for this box: QEMU boots its twin in tests (testdriver/boards/)")
-    p.add_argument("--firmware", choices=("uefi", "bios"),
+    p.add_argument("--firmware", choices=("uefi", "uefi-secure", "bios"),
                    help="with --board and --from: the captured box's firmware (this machine's is detected)")
     p.add_argument("--match", metavar="PROFILE", help="rank the profile's hosts against this box")
     p.add_argument("--ledger", metavar="STICK_OR_FILE",

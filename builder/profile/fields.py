@@ -267,7 +267,9 @@ BOARD = Record(
     "board",
     [
         Field("description", Str(max_length=200), "what this machine shape is", required=True),
-        Field("firmware", Choice(("uefi", "bios")), "the firmware QEMU runs (OVMF or SeaBIOS)", required=True),
+        Field("firmware", Choice(("uefi", "uefi-secure", "bios")),
+              "the firmware QEMU runs: OVMF, OVMF with Secure Boot enforced (Microsoft's keys), or SeaBIOS",
+              required=True),
         Field("cpus", Int(1, 64), "logical CPUs", default=2),
         Field("memory", Size(), "memory", default=2 * 1024**3),
         Field("dmi", Record("DMI/SMBIOS identity", [

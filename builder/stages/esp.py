@@ -1,9 +1,12 @@
 """The EFI system partition, made as a file: one menu for UEFI and legacy BIOS.
 
-UEFI: systemd-boot (Debian's systemd-boot-efi) as /EFI/BOOT/BOOTX64.EFI with one loader entry
-per OS. BIOS: syslinux installed into the same FAT with mtools (``syslinux --install``, no
-loop device); the image's MBR code (gptmbr.bin) starts it from the partition carrying GPT's
-legacy-BIOS-bootable attribute. Kernels and initrds live on the ESP under /<os>/.
+UEFI: Debian's signed chain (builder/stages/bootchain.py), so boxes with Secure Boot on start
+the stick: shim as the removable-media loader /EFI/BOOT/BOOTX64.EFI, GRUB beside it as
+grubx64.efi (where shim looks for it), MokManager as mmx64.efi, and GRUB's menu at
+/EFI/debian/grub.cfg (core/disk/bootmenu.py). BIOS: syslinux installed into the same FAT with
+mtools (``syslinux --install``, no loop device); the image's MBR code (gptmbr.bin) starts it
+from the partition carrying GPT's legacy-BIOS-bootable attribute. Kernels (Debian's, signed)
+and initrds live on the ESP under /<os>/.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.stages.isoboot import build_grub_pair, grub_files_digest
+from builder.stages.bootchain import unpack
+from builder.stages.isoboot import build_iso_boot, grub_files_digest
 from builder.stages.kind import StageContext, StageKind, file_sha256
 from builder.stages.rootfs import read_member
 from builder.tools import LineSink, ToolRunner
@@ -22,7 +26,6 @@ from core.disk.bootmenu import ISOBOOT_DIR, BootEntry, menus
 if TYPE_CHECKING:
     from builder.plan import Stage
 
-SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
 GPTMBR = Path("/usr/lib/SYSLINUX/gptmbr.bin")
 MiB = 1024 * 1024
@@ -32,13 +35,13 @@ MIN_ESP = 128 * MiB  # FAT32 wants at least 65525 clusters; sparse, so free spac
 def boot_files_digest() -> dict[str, str]:
     """The boot loader binaries the ESP is made from (part of its key)."""
     out = {}
-    for p in (SYSTEMD_BOOT, GPTMBR, SYSLINUX_MODULES / "ldlinux.c32"):
+    for p in (GPTMBR, SYSLINUX_MODULES / "ldlinux.c32"):
         out[p.name] = file_sha256(p) if p.exists() else "missing"
     return out
 
 
 def loader_files(entries: list[dict[str, Any]], default: str, timeout_s: int) -> dict[str, str]:
-    """Text files of both menus: systemd-boot's loader.conf and entries, syslinux.cfg.
+    """Text files of the menus: GRUB's grub.cfg, syslinux.cfg, and the entries first boot reads.
 
     The same writer as first boot's (core.disk.bootmenu), so the installed disk's menus keep
     the stick's shape; the default is the first entry."""
@@ -50,21 +53,22 @@ def loader_files(entries: list[dict[str, Any]], default: str, timeout_s: int) ->
 def _boot_entry(e: dict[str, Any]) -> BootEntry:
     if e.get("kind") == "iso":
         return BootEntry(os=e["os"], title=e["title"], linux="", initrd="", options="",
-                         efi=f"/{ISOBOOT_DIR}/{e['os']}.efi", bios=f"/{ISOBOOT_DIR}/{e['os']}.lnx")
+                         grub_cfg=f"/{ISOBOOT_DIR}/{e['os']}.cfg", bios=f"/{ISOBOOT_DIR}/{e['os']}.lnx")
     return BootEntry(os=e["os"], title=e["title"], linux=f"/{e['os']}/vmlinuz", initrd=f"/{e['os']}/initrd.img",
                      options=e["cmdline"])
 
 
-def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Path]], default: str,
-              timeout_s: int, hidden_sectors: int, out: Path, work: Path, log: Path,
+def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Path]], chain: dict[str, Path],
+              default: str, timeout_s: int, hidden_sectors: int, out: Path, work: Path, log: Path,
               on_line: LineSink | None = None) -> dict[str, Any]:
     """Make the ESP file ``out``. ``payloads[os] = (kernel, initrd)`` files on the build machine;
-    ISO entries get their GRUB programs instead (builder/stages/isoboot.py)."""
+    ISO entries get their GRUB scripts instead (builder/stages/isoboot.py). ``chain``: the signed
+    boot chain's files by name (shimx64.efi, grubx64.efi, mmx64.efi)."""
     stage = work / "esp"
     (stage / "EFI" / "BOOT").mkdir(parents=True)
-    (stage / "EFI" / "systemd").mkdir()
-    shutil.copyfile(SYSTEMD_BOOT, stage / "EFI" / "BOOT" / "BOOTX64.EFI")
-    shutil.copyfile(SYSTEMD_BOOT, stage / "EFI" / "systemd" / "systemd-bootx64.efi")
+    shutil.copyfile(chain["shimx64.efi"], stage / "EFI" / "BOOT" / "BOOTX64.EFI")
+    for name in ("grubx64.efi", "mmx64.efi"):
+        shutil.copyfile(chain[name], stage / "EFI" / "BOOT" / name)
     for rel, text in loader_files(entries, default, timeout_s).items():
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
         (stage / rel).write_text(text)
@@ -72,7 +76,7 @@ def build_esp(entries: list[dict[str, Any]], payloads: dict[str, tuple[Path, Pat
     for e in entries:
         if e.get("kind") == "iso":
             (stage / ISOBOOT_DIR).mkdir(exist_ok=True)
-            build_grub_pair(e["os"], e["fs_uuid"], stage / ISOBOOT_DIR, work, run)
+            build_iso_boot(e["os"], e["fs_uuid"], e.get("kernel_signed"), stage / ISOBOOT_DIR, work, run)
             continue
         kernel, initrd = payloads[e["os"]]
         d = stage / e["os"]
@@ -115,8 +119,11 @@ def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[st
             initrd = work / f"{e['os']}.initrd"
             read_member(rootfs.path, rootfs.record["kernels"][version]["initrd"], initrd)
         payloads[e["os"]] = (k, initrd)
+    chain_tar = ctx.dep(stage, "bootchain").path
+    assert chain_tar is not None
+    chain = unpack(chain_tar, work / "chain")
     out = work / "esp.vfat"
-    rec = build_esp(stage.inputs["entries"], payloads, stage.inputs["default"], stage.inputs["timeout_s"],
+    rec = build_esp(stage.inputs["entries"], payloads, chain, stage.inputs["default"], stage.inputs["timeout_s"],
                     stage.inputs["hidden_sectors"], out, work, log, ctx.on_line(stage))
     return {**rec, "kernels": kernels}, out
 
@@ -126,7 +133,7 @@ def _has_isos(stage: Stage) -> bool:
 
 
 def extra_tools(stage: Stage) -> list[str]:
-    """An ESP with ISO entries also holds a GRUB per entry (builder/stages/isoboot.py)."""
+    """An ESP with ISO entries also holds a BIOS GRUB per entry (builder/stages/isoboot.py)."""
     return ["grub-mkimage"] if _has_isos(stage) else []
 
 
@@ -135,5 +142,5 @@ def extra_inputs(stage: Stage) -> dict[str, Any]:
     return {"boot_files": {**boot_files_digest(), **(grub_files_digest() if _has_isos(stage) else {})}}
 
 
-KIND = StageKind(name="esp", version=1, tools=("mkfs.vfat", "syslinux"), run=run,
+KIND = StageKind(name="esp", version=2, tools=("mkfs.vfat", "syslinux"), run=run,
                  extra_tools=extra_tools, extra_inputs=extra_inputs)

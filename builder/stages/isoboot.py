@@ -10,10 +10,13 @@ the ISO again (``findiso=``, ``iso-scan/filename=``, ``img_loop=``). Ventoy inst
 distribution's initrd as it boots; we do not, so an ISO without loopback.cfg is not bootable
 from a file, and its entry says so on the console (an ``error`` event) instead of guessing.
 
-UEFI: systemd-boot's entry runs the GRUB EFI program (``efi`` key). Legacy BIOS: syslinux loads
-GRUB's i386-pc core with lnxboot.img in front, which makes it look like a Linux kernel to
-syslinux. Both are on the ESP under /isoboot/; first boot removes them from installed disks
-(the ISO partition stays on the stick).
+UEFI: the stick's own GRUB (Debian's signed one) runs the entry's script, /isoboot/<entry>.cfg.
+Under Secure Boot that GRUB boots only kernels shim trusts; an ISO whose kernel carries no
+signature at all is found at build time, its menu line says so, and under Secure Boot its entry
+says what to do instead of failing silently. Legacy BIOS: syslinux loads GRUB's i386-pc core
+with lnxboot.img in front, which makes it look like a Linux kernel to syslinux. Both are on the
+ESP under /isoboot/; first boot removes them from installed disks (the ISO partition stays on
+the stick).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import json
 import os
 import re
 import shutil
+import struct
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,6 @@ from builder.tools import LineSink, ToolRunner
 from core.disk.bootmenu import ISOBOOT_DIR
 from core.disk.gpt import LINUX_DATA_TYPE as LINUX_DATA_TYPE  # the ISO partition's type (re-exported)
 
-GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
 LNXBOOT = GRUB_PC_DIR / "lnxboot.img"
 ISOS_LABEL = "clusterctl-isos"
@@ -46,7 +51,6 @@ COMMON_MODULES = ("part_gpt", "part_msdos", "ext2", "fat", "iso9660", "udf", "lo
                   "xzio", "lzopio", "zstd", "all_video", "font", "gfxterm", "gfxterm_background", "gfxmenu", "png",
                   "jpeg", "tga", "gettext", "loadenv", "ls", "cat", "minicmd", "keystatus", "read", "help",
                   "cpuid", "chain", "probe", "memdisk", "tar")  # fmt: skip
-EFI_MODULES = (*COMMON_MODULES, "efi_gop", "efi_uga")
 PC_MODULES = (*COMMON_MODULES, "biosdisk", "linux16", "vbe", "vga")
 
 
@@ -70,20 +74,17 @@ def _event_line(os_name: str, message: str) -> str:
     return "CLUSTERCTL " + json.dumps({"event": "error", "stage": "iso", "os": os_name, "message": message})
 
 
-def grub_config(os_name: str, fs_uuid: str) -> str:
-    """The configuration built into one ISO entry's GRUB."""
+def grub_config(os_name: str, fs_uuid: str, *, serial: bool, kernel_signed: bool | None = True) -> str:
+    """The GRUB script of one ISO entry: built into its BIOS GRUB (``serial``: that GRUB sets up
+    its own consoles), or a file on the ESP that Debian's signed GRUB runs (UEFI). Under Secure
+    Boot (GRUB's ``lockdown``), an ISO whose kernel is unsigned is not tried: the screen says why."""
     iso_path = f"/{iso_file_name(os_name)}"
 
     def fail(message: str, indent: str) -> list[str]:
         # For a person at the screen, and as an event for whoever follows the serial console.
         return [f"{indent}echo {_grub_quote(message)}", f"{indent}echo {_grub_quote(_event_line(os_name, message))}"]
 
-    return "\n".join([
-        "# clusterctl: boot an ISO file through its own /boot/grub/loopback.cfg",
-        "serial --unit=0 --speed=115200",
-        "terminal_input --append serial",
-        "terminal_output --append serial",
-        "terminfo -g 250x50 serial",  # an event line must not wrap at 80 columns
+    body = [
         f"set iso_path={iso_path}",
         "export iso_path",
         f"if search --no-floppy --fs-uuid --set=isopart {fs_uuid}; then",
@@ -100,41 +101,95 @@ def grub_config(os_name: str, fs_uuid: str) -> str:
         "else",
         *fail(f"no partition with file system UUID {fs_uuid} ({ISOS_LABEL}) on this machine", "  "),
         "fi",
-        "",
-    ])
+    ]
+    if kernel_signed is False:
+        refusal = (f"Secure Boot is on and {iso_path}'s kernel is not signed: turn Secure Boot off in the "
+                   "firmware's setup to boot this ISO (docs/real-machines.md)")
+        body = ['if [ "$lockdown" = "y" ]; then', *fail(refusal, "  "), "  sleep 10", "else",
+                *(f"  {line}" for line in body), "fi"]
+    head = ["# clusterctl: boot an ISO file through its own /boot/grub/loopback.cfg"]
+    if serial:
+        head += ["serial --unit=0 --speed=115200", "terminal_input --append serial", "terminal_output --append serial",
+                 "terminfo -g 250x50 serial"]  # an event line must not wrap at 80 columns
+    return "\n".join([*head, *body, ""])
 
 
-def build_grub_pair(os_name: str, fs_uuid: str, out_dir: Path, work: Path, run: Any) -> dict[str, str]:
-    """``<os>.efi`` (UEFI) and ``<os>.lnx`` (BIOS, for syslinux) in ``out_dir``.
+def build_iso_boot(os_name: str, fs_uuid: str, kernel_signed: bool | None, out_dir: Path, work: Path,
+                   run: Any) -> dict[str, str]:
+    """``<os>.cfg`` (run by the ESP's signed GRUB, UEFI) and ``<os>.lnx`` (BIOS, for syslinux) in
+    ``out_dir``.
 
-    The configuration goes in a memdisk, as grub-mkstandalone does: GRUB runs $prefix/grub.cfg
-    with its full script parser (a config given with ``-c`` runs before it, without ``if``)."""
+    The BIOS GRUB's configuration goes in a memdisk, as grub-mkstandalone does: GRUB runs
+    $prefix/grub.cfg with its full script parser (a config given with ``-c`` runs before it,
+    without ``if``)."""
+    cfg = out_dir / f"{os_name}.cfg"
+    cfg.write_text(grub_config(os_name, fs_uuid, serial=False, kernel_signed=kernel_signed))
     tree = work / f"{os_name}.memdisk"
     (tree / "boot" / "grub").mkdir(parents=True)
-    (tree / "boot" / "grub" / "grub.cfg").write_text(grub_config(os_name, fs_uuid))
+    (tree / "boot" / "grub" / "grub.cfg").write_text(grub_config(os_name, fs_uuid, serial=True))
     memdisk = work / f"{os_name}.memdisk.tar"
     with tarfile.open(memdisk, "w", format=tarfile.USTAR_FORMAT) as tar:
         tar.add(tree / "boot", arcname="boot")
-    efi, core, lnx = out_dir / f"{os_name}.efi", work / f"{os_name}.core.img", out_dir / f"{os_name}.lnx"
-    common = ["-p", "(memdisk)/boot/grub", "-m", str(memdisk)]
-    run(["grub-mkimage", "-O", "x86_64-efi", "-d", str(GRUB_EFI_DIR), "-o", str(efi), *common, *EFI_MODULES])
-    run(["grub-mkimage", "-O", "i386-pc", "-d", str(GRUB_PC_DIR), "-o", str(core), *common, *PC_MODULES])
+    core, lnx = work / f"{os_name}.core.img", out_dir / f"{os_name}.lnx"
+    run(["grub-mkimage", "-O", "i386-pc", "-d", str(GRUB_PC_DIR), "-o", str(core), "-p", "(memdisk)/boot/grub",
+         "-m", str(memdisk), *PC_MODULES])
     with open(lnx, "wb") as f:
         f.write(LNXBOOT.read_bytes())
         f.write(core.read_bytes())
-    return {"efi": f"/{ISOBOOT_DIR}/{efi.name}", "bios": f"/{ISOBOOT_DIR}/{lnx.name}"}
+    return {"grub_cfg": f"/{ISOBOOT_DIR}/{cfg.name}", "bios": f"/{ISOBOOT_DIR}/{lnx.name}"}
 
 
 def grub_files_digest() -> dict[str, str]:
-    """What the GRUB images are made from (part of the ESP's key when it has ISO entries)."""
+    """What the BIOS GRUB images are made from (part of the ESP's key when it has ISO entries)."""
     h = hashlib.sha256()
-    for d, mods in ((GRUB_EFI_DIR, EFI_MODULES), (GRUB_PC_DIR, PC_MODULES)):
-        for name in ("kernel.img", *(f"{m}.mod" for m in mods)):
-            p = d / name
-            h.update(f"{p}\0".encode())
-            h.update(p.read_bytes() if p.exists() else b"missing")
+    for name in ("kernel.img", *(f"{m}.mod" for m in PC_MODULES)):
+        p = GRUB_PC_DIR / name
+        h.update(f"{p}\0".encode())
+        h.update(p.read_bytes() if p.exists() else b"missing")
     h.update(LNXBOOT.read_bytes() if LNXBOOT.exists() else b"missing")
     return {"grub": h.hexdigest()}
+
+
+def pe_signed(data: bytes) -> bool:
+    """Whether a PE/COFF program (an EFI loader, a Linux EFI-stub kernel) carries an Authenticode
+    signature: its certificate table (data directory 4) is not empty. Whom it is signed by is
+    not checked here: under Secure Boot, shim decides that."""
+    try:
+        pe = struct.unpack_from("<I", data, 0x3C)[0]
+        if data[:2] != b"MZ" or data[pe:pe + 4] != b"PE\0\0":
+            return False
+        opt = pe + 24
+        magic = struct.unpack_from("<H", data, opt)[0]
+        dirs = opt + (112 if magic == 0x20B else 96)  # PE32+ or PE32
+        _offset, size = struct.unpack_from("<II", data, dirs + 4 * 8)
+        return size > 0
+    except struct.error:
+        return False
+
+
+LINUX_LINE = re.compile(r"^\s*linux(?:efi)?\s+(/[^\s$]+)", re.MULTILINE)
+
+
+def iso_kernels_signed(iso: Path) -> bool | None:
+    """Whether every kernel the ISO's /boot/grub/loopback.cfg boots is signed (None: it has no
+    loopback.cfg, or names no kernel by a plain path). Read with xorriso's osirrox: no mount."""
+    with tempfile.TemporaryDirectory(prefix="clusterctl-iso-") as tmp:
+        cfg = Path(tmp) / "loopback.cfg"
+        if not _extract(iso, "/boot/grub/loopback.cfg", cfg):
+            return None
+        kernels = sorted(set(LINUX_LINE.findall(cfg.read_text(errors="replace"))))
+        if not kernels:
+            return None
+        for i, path in enumerate(kernels):
+            out = Path(tmp) / f"kernel{i}"
+            if not _extract(iso, path, out) or not pe_signed(out.read_bytes()):
+                return False
+        return True
+
+
+def _extract(iso: Path, member: str, out: Path) -> bool:
+    r = subprocess.run(["osirrox", "-indev", str(iso), "-extract", member, str(out)], capture_output=True, check=False)
+    return r.returncode == 0 and out.is_file()
 
 
 def iso_partition_size(total: int) -> int:

@@ -8,10 +8,10 @@ here, and builder.build runs ``KINDS[stage.kind].run``.
 
 from __future__ import annotations
 
-from builder.stages import claims, esp, image, isos, overlay, rescue, rootfs, rootpart
+from builder.stages import bootchain, claims, esp, image, isos, overlay, rescue, rootfs, rootpart
 from builder.stages.kind import StageKind
 
-MODULES = (rootfs, overlay, rootpart, rescue, esp, isos, claims, image)
+MODULES = (rootfs, overlay, rootpart, rescue, bootchain, esp, isos, claims, image)
 
 
 def _collect() -> dict[str, StageKind]:

@@ -1,9 +1,14 @@
-"""The installed disk's boot menus, derived from the stick's.
+"""Boot menus: the stick's (made by the builder) and the installed disk's (derived from it).
+
+One list of entries gives three files: GRUB's ``/EFI/debian/grub.cfg`` (UEFI: Debian's signed
+shim and GRUB, so Secure Boot boxes start it), syslinux's ``syslinux.cfg`` (legacy BIOS), and a
+Boot Loader Specification entry per OS under ``/loader/entries/``: the machine-readable list
+first boot reads back (GRUB's script is not meant to be parsed).
 
 The stick's ESP is copied to the disk as it is (syslinux's boot sector and ldlinux.sys keep
 their places, so legacy BIOS boots without re-running syslinux); then its menus are rewritten
 with mtools: only the host's OSes, each system root found by the PARTUUID it has on this disk,
-the host's default OS first. Both menus stay: systemd-boot for UEFI, syslinux for BIOS.
+the host's default OS first.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ _ROOT = re.compile(r"\broot=PARTUUID=[0-9A-Fa-f-]+")
 # The ESP folder of the stick's ISO entries (builder/stages/isoboot.py): their ISOs stay on
 # the stick, so an installed disk gets neither the entries nor this folder.
 ISOBOOT_DIR = "isoboot"
+# Where Debian's signed GRUB reads its configuration: its built-in prefix is /EFI/debian on the
+# device it was started from.
+GRUB_CFG = "EFI/debian/grub.cfg"
 
 
 @dataclass
@@ -28,9 +36,9 @@ class BootEntry:
     initrd: str
     options: str
     extra: dict[str, str] = field(default_factory=dict)
-    # A boot loader program instead of a kernel (an ISO's GRUB): systemd-boot runs ``efi``,
-    # syslinux loads ``bios`` as its kernel. Such entries live on the stick only.
-    efi: str = ""
+    # An ISO's entry instead of a kernel: GRUB (UEFI) runs the script ``grub_cfg``, syslinux
+    # (BIOS) loads the GRUB program ``bios`` as its kernel. Such entries live on the stick only.
+    grub_cfg: str = ""
     bios: str = ""
 
 
@@ -56,16 +64,42 @@ def with_root(options: str, partuuid: str | None) -> str:
     return _ROOT.sub(f"root=PARTUUID={partuuid}", options)
 
 
-def menus(entries: list[BootEntry], timeout_s: int = 3) -> dict[str, str]:
-    """The text files of both menus, default first (same shape as the stick's)."""
-    files: dict[str, str] = {}
-    ids = {e.os: f"{10 * (i + 1):02d}-{e.os}" for i, e in enumerate(entries)}
-    files["loader/loader.conf"] = f"default {ids[entries[0].os]}.conf\ntimeout {timeout_s}\neditor no\n" \
-                                  "console-mode keep\n"
+def _grub_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def grub_menu(entries: list[BootEntry], timeout_s: int) -> str:
+    """GRUB's script: the entries in order, the first the default; digit N boots entry N."""
+    out = [
+        "# clusterctl: made from the entries under /loader/entries (core/disk/bootmenu.py)",
+        "set default=0", f"set timeout={timeout_s}",
+        # A box without a serial port: the menu stays on its screen alone.
+        "if serial --unit=0 --speed=115200; then",
+        "  terminal_input console serial", "  terminal_output console serial",
+        "fi",
+    ]
     for i, e in enumerate(entries):
-        head = f"title {e.title}\nsort-key {10 * (i + 1):02d}\n"
-        body = f"efi {e.efi}\n" if e.efi else f"linux {e.linux}\ninitrd {e.initrd}\noptions {e.options}\n"
-        files[f"loader/entries/{ids[e.os]}.conf"] = head + body
+        hotkey = f" --hotkey={i + 1}" if i < 9 else ""
+        out.append(f"menuentry {_grub_quote(e.title)} --id {_grub_quote(e.os)}{hotkey} {{")
+        if e.grub_cfg:
+            out.append(f"  configfile {e.grub_cfg}")
+        else:
+            out += [f"  echo {_grub_quote('Loading ' + e.title + ' ...')}", f"  linux {e.linux} {e.options}",
+                    f"  initrd {e.initrd}"]
+        out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def menus(entries: list[BootEntry], timeout_s: int = 3) -> dict[str, str]:
+    """The text files of the menus, default first (same shape as the stick's)."""
+    files: dict[str, str] = {}
+    for i, e in enumerate(entries):
+        if e.grub_cfg:
+            continue  # an ISO's entry: the stick's alone, so first boot never reads it back
+        files[f"loader/entries/{10 * (i + 1):02d}-{e.os}.conf"] = (
+            f"title {e.title}\nsort-key {10 * (i + 1):02d}\n"
+            f"linux {e.linux}\ninitrd {e.initrd}\noptions {e.options}\n")
+    files[GRUB_CFG] = grub_menu(entries, timeout_s)
     txt = ["Boot menu (type a name and Enter; the first is the default):"]
     txt += [f"  {e.os:<12} {e.title}" for e in entries]
     files["syslinux/boot.txt"] = "\n".join(txt) + "\n"
