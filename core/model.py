@@ -414,8 +414,13 @@ class Host:
     install: Install
     packages: tuple[str, ...]
     overlays: tuple[str, ...]
-    address: str | None = None  # the LAN address; None when the LAN is dhcp
+    address: str | None = None  # the fixed LAN address, "dhcp", or None when the LAN is dhcp
     extends: str | None = None  # merged away by composition; kept should a document carry it
+
+    @property
+    def lan_address(self) -> str | None:
+        """The fixed LAN address; None when DHCP gives it (``address: dhcp``, a cloud host, a dhcp LAN)."""
+        return None if self.address in (None, DHCP) else self.address
 
     @property
     def install_disk(self) -> DiskSelector:
@@ -440,6 +445,8 @@ class Host:
 
 
 INSTALLER = "usb-installer"
+DHCP = "dhcp"  # a host's address (or the LAN) given by a DHCP server
+CLOUD = "cloud"  # a cloud VM's image: DHCP on the provider's network, metadata, root grown (agent/cloud.py)
 
 
 @dataclass(frozen=True, kw_only=True)

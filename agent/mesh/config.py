@@ -145,7 +145,7 @@ def load(etc: Path = ETC) -> AgentConfig:
         hdef = profile.hosts.get(name)
         role = hdef.role if hdef else None
         members[name] = Member(name, ipaddress.IPv6Address(entry["address"]), str(entry["wg_public"]),
-                               role, hdef.address if hdef else None, role_exports(profile, role))
+                               role, hdef.lan_address if hdef else None, role_exports(profile, role))
     if host not in members:
         # The register is what peers know; this host's own facts come from its identity.
         members[host] = Member(host, ident.address, ident.wg_public, facts.get("role"),

@@ -152,8 +152,10 @@ CLUSTER = Record(
         Field("network", Record("network", [
             Field("lan", Cidr(), "the cluster LAN: a subnet whose addresses are given to hosts in order, or dhcp",
                   default="dhcp"),
-            Field("gateway", IpAddress(), "default gateway on the LAN"),
-            Field("dns", ListOf(IpAddress()), "DNS servers", default=[]),
+            Field("gateway", IpAddress(), "the default gateway of a fixed-address LAN (an address on `lan`); "
+                  "with lan: dhcp the DHCP server gives it"),
+            Field("dns", ListOf(IpAddress()), "DNS servers for the LAN's hosts (besides those DHCP gives)",
+                  default=[]),
         ]), "the cluster LAN", default={"lan": "dhcp", "dns": []}),
         Field("fusion", Record("fused agent", [
             Field("namespace", Str(r"/[A-Za-z0-9_/.-]*", "an absolute path"),
@@ -220,7 +222,9 @@ HOST = Record(
         Field("install", Record("install", [
             Field("disk", DISK_SELECTOR, "which internal disk receives the host's OSes", default={}),
         ]), "where and how the host installs", default={"disk": {"wipe": False}}),
-        Field("address", IpAddress(), "the host's LAN address; by default the next free one of cluster.network.lan"),
+        Field("address", IpAddress(dhcp=True), "the host's LAN address, or dhcp (the LAN's DHCP server gives it); "
+              "by default the next free one of cluster.network.lan. A cloud image's host is always dhcp: "
+              "it takes its provider's network"),
         Field("packages", ListOf(PACKAGE, unique=True), "extra Debian packages on this host", default=[]),
         Field("overlays", ListOf(Path(directory=True)), "extra overlay folders", default=[]),
     ],

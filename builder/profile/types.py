@@ -264,19 +264,26 @@ class Cidr(Kind):
 
 @dataclass
 class IpAddress(Kind):
+    """An IPv4/IPv6 address; with ``dhcp``, also the word ``dhcp`` (an address the LAN's DHCP
+    server gives)."""
+
+    dhcp: bool = False
+
     def check(self, value: Any, ctx: CheckContext, path: str, mark: Mark) -> Any:
         if not isinstance(value, str):
             return self.wrong(value, ctx, path, mark)
+        if self.dhcp and value == "dhcp":
+            return value
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            return ctx.error(mark, path, f'"{value}" is not an IP address such as 10.42.0.11')
+            return ctx.error(mark, path, f'"{value}" is not {self.describe().replace("`", "")}')
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string"}
 
     def describe(self) -> str:
-        return "an IP address such as `10.42.0.11`"
+        return "an IP address such as `10.42.0.11`" + (", or `dhcp`" if self.dhcp else "")
 
 
 @dataclass

@@ -7,6 +7,7 @@ another. Every finding is located and collected, never raised one at a time.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from typing import Any
 
 from builder.profile.errors import Diagnostics, Mark, did_you_mean
@@ -39,24 +40,72 @@ def check_references(ctx: CheckContext, data: dict[str, Any], boards: set[str]) 
                       f'no {singular[ref.section]} "{ref.name}"{where}{did_you_mean(ref.name, names)}')
 
 
-def assign_addresses(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark]) -> None:
-    """Give each host without an address the next free one of the LAN, in profile order."""
-    lan = _section(data, "cluster", "network").get("lan", "dhcp")
-    hosts = _section(data, "hosts")
-    if lan in ("dhcp", INVALID):
+def cloud_hosts(data: dict[str, Any]) -> set[str]:
+    """Hosts of cloud images: they take their provider's network, never a LAN address."""
+    return {img["host"] for img in _section(data, "images").values()
+            if isinstance(img, dict) and img.get("type") == "cloud" and isinstance(img.get("host"), str)}
+
+
+def check_network(ctx: CheckContext, raw: Any, data: dict[str, Any], fallback: Mark) -> None:
+    """A gateway belongs to a fixed-address LAN and lies on it (not its network or broadcast address)."""
+    net = _section(data, "cluster", "network")
+    lan, gateway = net.get("lan", "dhcp"), net.get("gateway")
+    if gateway is None or gateway is INVALID or lan is INVALID:
         return
-    net = ipaddress.ip_network(lan)
-    taken: dict[str, str] = {}
-    for name, host in hosts.items():
-        addr = host.get("address") if isinstance(host, dict) else None
-        if addr is None or addr is INVALID:
+    mark = _raw_mark(raw, ("cluster", "network", "gateway"), fallback)
+    where = "cluster.network.gateway"
+    if lan == "dhcp":
+        ctx.error(mark, where, f"{gateway} is given, but cluster.network.lan is dhcp, whose server gives the "
+                  "gateway: give lan a subnet (such as 10.42.0.0/24) or leave gateway out")
+        return
+    subnet = ipaddress.ip_network(lan)
+    addr = ipaddress.ip_address(gateway)
+    usable = list(itertools.islice(subnet.hosts(), 1))
+    example = f"such as {usable[0]}" if usable else ""
+    if addr not in subnet:
+        ctx.error(mark, where, f"{gateway} is outside cluster.network.lan {lan}: the gateway must be an "
+                  f"address on the LAN, {example}")
+    elif subnet.num_addresses > 2 and addr in (subnet.network_address, subnet.broadcast_address):
+        what = "network" if addr == subnet.network_address else "broadcast"
+        ctx.error(mark, where, f"{gateway} is the {what} address of cluster.network.lan {lan}: the gateway "
+                  f"must be a host address on it, {example}")
+
+
+def assign_addresses(ctx: CheckContext, raw: Any, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    """Give each host without an address the next free one of the LAN, in profile order; a
+    cloud image's host, and every host of a dhcp LAN, takes DHCP's (``dhcp``)."""
+    net = _section(data, "cluster", "network")
+    lan = net.get("lan", "dhcp")
+    hosts = _section(data, "hosts")
+    if lan is INVALID:
+        return
+
+    def at(name: str) -> Mark:
+        return _raw_mark(raw, ("hosts", name, "address"), marks[name])
+
+    for name in cloud_hosts(data):
+        host = hosts.get(name)
+        if not isinstance(host, dict):
             continue
-        if ipaddress.ip_address(addr) not in net:
-            ctx.error(marks[name], f"hosts.{name}.address", f"{addr} is outside cluster.network.lan {lan}")
+        if host.get("address") not in (None, "dhcp", INVALID):
+            ctx.error(at(name), f"hosts.{name}.address", f"{host['address']} is a LAN address, but {name} "
+                      "is the host of a cloud image and takes its provider's DHCP (it joins through "
+                      "cluster.fusion.seeds): write address: dhcp or leave address out")
+        host["address"] = "dhcp"
+    fixed = {name: host["address"] for name, host in hosts.items()
+             if isinstance(host, dict) and host.get("address") not in (None, "dhcp", INVALID)}
+    if lan == "dhcp":
+        return
+    net_ = ipaddress.ip_network(lan)
+    gateway = net.get("gateway")
+    taken: dict[str, str] = {gateway: "the gateway"} if isinstance(gateway, str) else {}
+    for name, addr in fixed.items():
+        if ipaddress.ip_address(addr) not in net_:
+            ctx.error(at(name), f"hosts.{name}.address", f"{addr} is outside cluster.network.lan {lan}")
         elif addr in taken:
-            ctx.error(marks[name], f"hosts.{name}.address", f"{addr} is already the address of {taken[addr]}")
+            ctx.error(at(name), f"hosts.{name}.address", f"{addr} is already the address of {taken[addr]}")
         taken[addr] = name
-    free = (str(a) for i, a in enumerate(net.hosts()) if i >= FIRST_HOST_OFFSET and str(a) not in taken)
+    free = (str(a) for i, a in enumerate(net_.hosts()) if i >= FIRST_HOST_OFFSET and str(a) not in taken)
     for name, host in hosts.items():
         if isinstance(host, dict) and host.get("address") is None:
             nxt = next(free, None)
@@ -200,7 +249,8 @@ def check_whole(ctx: CheckContext, raw: Any, data: dict[str, Any], boards: set[s
     check_oses(ctx, data, marks["oses"])
     check_roles(ctx, data, marks["roles"])
     check_volumes(ctx, raw, data, marks["roles"])
-    assign_addresses(ctx, data, marks["hosts"])
+    check_network(ctx, raw, data, fallback)
+    assign_addresses(ctx, raw, data, marks["hosts"])
     # Distinguishability needs every reference to be sound; judge it only then.
     check_image_isos(ctx, raw, data, marks["images"])
     check_images(ctx, data, marks["images"], distinguish=not ctx.diag)

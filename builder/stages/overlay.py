@@ -35,7 +35,7 @@ from builder.stages.users import add_users
 
 if TYPE_CHECKING:
     from builder.plan import Stage
-from core.model import Profile
+from core.model import CLOUD, DHCP, Profile
 
 META_FILE = "overlay.yaml"
 FIXED_MTIME = 1700000000  # reproducible tarballs: same inputs, same bytes
@@ -169,13 +169,16 @@ def template_context(data: dict[str, Any], os_name: str, image_name: str, host: 
                      installer_hosts: list[str], version: str) -> dict[str, Any]:
     cluster = data["cluster"]
     lan = cluster["network"]["lan"]
-    prefix = ipaddress.ip_network(lan).prefixlen if lan != "dhcp" else None
+    prefix = ipaddress.ip_network(lan).prefixlen if lan != DHCP else None
     hostdef = data["hosts"][host] if host else None
     role = hostdef["role"] if hostdef else None
+    # A fixed address, else None: DHCP gives it (address: dhcp, a cloud host, a dhcp LAN).
+    address = hostdef.get("address") if hostdef and hostdef.get("address") != DHCP else None
+    image_type = data["images"][image_name]["type"]
     facts = {"cluster": cluster["name"], "host": host, "role": role, "os": os_name,
              "suite": data["oses"][os_name].get("suite"), "image": image_name,
-             "image_type": data["images"][image_name]["type"], "candidates": installer_hosts,
-             "address": hostdef.get("address") if hostdef else None, "clusterctl_version": version}
+             "image_type": image_type, "candidates": installer_hosts,
+             "address": address, "clusterctl_version": version}
     return {
         "cluster": cluster, "oses": data["oses"], "os": {"name": os_name, **data["oses"][os_name]},
         "image": {"name": image_name, **data["images"][image_name]},
@@ -183,7 +186,11 @@ def template_context(data: dict[str, Any], os_name: str, image_name: str, host: 
         "role": {"name": role, **data["roles"][role]} if role else None,
         "hosts": data["hosts"], "roles": data["roles"], "lan_prefix": prefix,
         # A fixed LAN address goes on the bond of the host's ports (overlays/base/etc/systemd/network).
-        "lan_bond": bool(hostdef and hostdef.get("address") and prefix),
+        "lan_bond": bool(address and prefix),
+        # The cluster's DNS servers are the home LAN's: a cloud VM uses its provider's (from DHCP).
+        "lan_dns": [] if image_type == CLOUD else list(cluster["network"].get("dns") or []),
+        # Hosts with a fixed LAN address, for /etc/hosts.
+        "lan_addresses": {n: h["address"] for n, h in data["hosts"].items() if h.get("address") not in (None, DHCP)},
         "hostname": host or f"{cluster['name']}-installer", "facts": facts, "facts_json": json.dumps(facts, indent=2),
     }
 
