@@ -18,6 +18,7 @@ Stages, per image:
   claims:<image>         a stick's CLUSTER partition (FAT) for the claim ledger (usb-installers)
   image:<image>          the disk image in images/<cluster>/: partitions copied in, each OS's
                          overlay and the hosts' secrets written into its copy; .bmap, qcow2
+                         (compressed for cloud images)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from builder.stages.isoboot import ISOS_LABEL, iso_entry_name, iso_kernels_signe
 from builder.stages.registry import KINDS
 from builder.stages.rootfs import BASE_PACKAGES, RootfsSpec
 from core.disk.gpt import BASIC_DATA_TYPE, CLAIMS_NAME, ESP_TYPE, LINUX_DATA_TYPE, ROOT_X86_64_TYPE
-from core.model import Image
+from core.model import CLOUD, Image
 from core.model import Profile as ProfileModel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -128,12 +129,16 @@ def image_output(cluster: str, name: str, image: Image, out_dir: Path) -> Path:
     return out_dir / cluster / f"{name}.{ext}"
 
 
-def _overlay_layers(model: ProfileModel, os_name: str, hosts: list[str], per_host_root: bool
+def _overlay_layers(model: ProfileModel, os_name: str, hosts: list[str], per_host_root: bool, cloud: bool = False
                     ) -> tuple[list[list[str]], dict[str, list[list[str]]]]:
-    """Overlay folders: those laid over the root, and (installer sticks) those kept per host."""
+    """Overlay folders: those laid over the root, and (installer sticks) those kept per host.
+    A cloud image's root also gets the cloud layer (metadata, root growth) before the role's
+    and host's, which may override it."""
     osdef = model.oses[os_name]
     root: list[list[str]] = [["base", str(OVERLAYS_DIR / "base")],
                              [f"os/{os_name}", str(OVERLAYS_DIR / "os" / os_name)]]
+    if cloud:
+        root.append(["cloud", str(OVERLAYS_DIR / "cloud")])
     root += [[f"profile:{p}", p] for p in osdef.overlays or ()]
     per_host: dict[str, list[list[str]]] = {}
     for h in hosts:
@@ -231,7 +236,8 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                 }, params={"spec": spec}))
                 rootfs_by_spec[spec] = rootfs
 
-            root_layers, host_layers = _overlay_layers(model, os_name, users_of_os, per_host_root=not installer)
+            root_layers, host_layers = _overlay_layers(model, os_name, users_of_os, per_host_root=not installer,
+                                                       cloud=img.type == CLOUD)
             facts_hosts = [{"name": h, **data["hosts"][h]} for h in users_of_os]
             roles = {model.hosts[h].role: data["roles"][model.hosts[h].role] for h in users_of_os}
             single = None if installer else users_of_os[0]
@@ -323,6 +329,8 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                         for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
             # Every image carries the cluster's register (hosts.json: public mesh facts of all hosts).
             "register": secrets_digest.get("hosts.json", "to generate"),
+            # A cloud image is uploaded: qemu-img compresses its clusters (only its key changes).
+            **({"compress": True} if img.type == CLOUD and fmt == "qcow2" else {}),
         }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays, *([f"isos:{img_name}"] if iso_sources else []),
                  *([f"claims:{img_name}"] if installer else [])],
             params={"image_name": img_name, "hosts": hosts, "installer": installer}))

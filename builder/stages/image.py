@@ -91,12 +91,16 @@ def assemble(placed: list[PlacedPartition], image_size: int, disk_uuid: str, tmp
         os.close(fd)
 
 
-def finish(tmp: Path, final: Path, fmt: str, log: Path, on_line: LineSink | None = None) -> dict[str, Any]:
-    """Bmap, qcow2 conversion, then rename into place. Returns facts for the manifest."""
+def finish(tmp: Path, final: Path, fmt: str, log: Path, on_line: LineSink | None = None,
+           compress: bool = False) -> dict[str, Any]:
+    """Bmap, qcow2 conversion (compressed for cloud images: it is uploaded, and a provider
+    expands it once), then rename into place. Returns facts for the manifest."""
     facts: dict[str, Any] = {}
     if fmt == "qcow2":
         qtmp = tmp.with_name(tmp.name + ".qcow2")
-        ToolRunner(log, on_line).run(["qemu-img", "convert", "-O", "qcow2", str(tmp), str(qtmp)])
+        ToolRunner(log, on_line).run(["qemu-img", "convert", *(["-c"] if compress else []), "-O", "qcow2",
+                                      str(tmp), str(qtmp)])
+        facts["compressed"] = compress
         tmp.unlink()
         os.replace(qtmp, final)
         facts["bmap"] = None
@@ -126,7 +130,7 @@ def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[st
         for spec, part in zip(stage.inputs["partitions"], placed, strict=True):
             if spec.get("overlay"):
                 _personalise(ctx, stage, spec["overlay"], tmp, part.start, work, log)
-        facts = finish(tmp, final, stage.inputs["format"], log)
+        facts = finish(tmp, final, stage.inputs["format"], log, compress=bool(stage.inputs.get("compress")))
     finally:
         tmp.unlink(missing_ok=True)
     st = final.stat()
