@@ -4,6 +4,7 @@
     python bench/boot_bench.py --image images/dualnano/stick.img --board nano-itx \\
         --baseline plain-debian.img [--baseline-board nano-itx] [--internal]
     python bench/boot_bench.py --profile profiles/dual-nano-itx.yaml --host left [--runs 3]
+    python bench/boot_bench.py --profile profiles/hybrid-cloud.yaml --cloud [--runs 3]
 
 Without ``--image``: the busybox test kit on a UEFI board (nano-itx) and a BIOS board
 (nano-itx-storage), booted by direct kernel load, from a USB stick and from an internal disk;
@@ -15,6 +16,13 @@ With ``--profile`` and ``--host``: the host's installed system, as ``clusterctl 
 (a copy of the profile with one disk image of that host), booted as its board's internal disk to
 ``ready``; the floor is its plain-Debian twin: the same image with every clusterctl unit taken
 out of its roots (same packages, kernel, loader and disk), booted to the serial ``login:``.
+
+With ``--profile`` and ``--cloud``: the profile's cloud images (``type: cloud``), built as
+``clusterctl build`` makes them (compressed qcow2), each booted as a provider boots it
+(testdriver/provider.py): its board's internal disk larger than the image, DHCP from dnsmasq on
+a guest-only network, a NoCloud seed disk; seconds from power-on to the ``cloud`` event (root
+grown, hostname and keys applied) and to ``ready``, beside the stick's boot to ``ready``
+(``--image``) in the same table of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.disk.ext4 import Ext4  # noqa: E402
 from testdriver.board import load_board  # noqa: E402
+from testdriver.provider import SEED_DISK, ProviderNet, attach_disk, make_nocloud_seed  # noqa: E402
 from testdriver.qemu import Machine  # noqa: E402
 from testdriver.testkit import TestKit, build_stick, ensure_testkit  # noqa: E402
 
@@ -51,12 +61,17 @@ def kit_boot(kit: TestKit, stick: Path, board: str, medium: str, workdir: Path) 
     else:
         options = {"boot_image": stick, "as_usb": medium == "usb"}
     with Machine(load_board(board), workdir, **options) as m:  # type: ignore[arg-type]
-        began = time.monotonic()
-        m.start()
-        m.wait_for("started", timeout=300)
-        first = time.monotonic() - began
-        m.wait_for("ready", timeout=120)
-        return first, time.monotonic() - began
+        return two_marks(m, "started", 300, 120)
+
+
+def two_marks(m: Machine, first: str, first_timeout: float, ready_timeout: float) -> tuple[float, float]:
+    """Power ``m`` on: (seconds to the event ``first``, seconds to ``ready``)."""
+    began = time.monotonic()
+    m.start()
+    m.wait_for(first, timeout=first_timeout)
+    mark = time.monotonic() - began
+    m.wait_for("ready", timeout=ready_timeout)
+    return mark, time.monotonic() - began
 
 
 def bench_kit(runs: int) -> None:
@@ -98,11 +113,12 @@ def timed(board: str, image: Path, internal: bool, until_event: str | None, unti
         return time.monotonic() - began
 
 
-def build_host_disk(profile: Path, host: str, work: Path, cache: Path | None) -> tuple[Path, str]:
-    """Build one disk image of ``host`` from a copy of the profile: (the image, the host's board)."""
+def build_copy(profile: Path, images: dict[str, dict[str, str]], work: Path, cache: Path | None
+               ) -> tuple[dict[str, Any], Path]:
+    """Build a copy of the profile whose images are ``images``: (its data, the cluster's output folder)."""
     data = yaml.safe_load(profile.read_text())
     data["include"] = [str((profile.parent / i).resolve()) for i in data.get("include") or []]
-    data["images"] = {f"bench-{host}": {"type": "disk", "host": host}}
+    data["images"] = images
     copy = work / profile.name
     copy.write_text(yaml.safe_dump(data, sort_keys=False))
     out = work / "images"
@@ -110,9 +126,50 @@ def build_host_disk(profile: Path, host: str, work: Path, cache: Path | None) ->
             "--ca-dir", str(work / "ca"), *(["--cache-dir", str(cache)] if cache else [])]
     t0 = time.monotonic()
     subprocess.run(argv, cwd=ROOT, check=True)
-    print(f"built bench-{host} in {time.monotonic() - t0:.0f} s", flush=True)
-    image = next((out / data["cluster"]["name"]).glob(f"bench-{host}.*img"))
+    print(f"built {', '.join(images)} in {time.monotonic() - t0:.0f} s", flush=True)
+    return data, out / data["cluster"]["name"]
+
+
+def build_host_disk(profile: Path, host: str, work: Path, cache: Path | None) -> tuple[Path, str]:
+    """Build one disk image of ``host`` from a copy of the profile: (the image, the host's board)."""
+    data, out = build_copy(profile, {f"bench-{host}": {"type": "disk", "host": host}}, work, cache)
+    image = next(out.glob(f"bench-{host}.*img"))
     return image, str(data["hosts"][host]["board"])
+
+
+def timed_cloud(board: str, image: Path, seed: Path) -> tuple[float, float]:
+    """(seconds to the cloud event, seconds to ready) of one boot as a provider boots a cloud VM."""
+    with tempfile.TemporaryDirectory(prefix="clusterctl-bench-") as tmp, ProviderNet("bench") as net, \
+            Machine(load_board(board), tmp, boot_image=image, as_usb=False, lan=net.lan,
+                    extra_disks=[SEED_DISK]) as m:  # fmt: skip
+        attach_disk(m, 1, seed)
+        return two_marks(m, "cloud", 1800, 1800)
+
+
+def bench_cloud(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="clusterctl-bench-cloud-"))
+    try:
+        profile = yaml.safe_load(args.profile.read_text())
+        clouds = {n: i for n, i in (profile.get("images") or {}).items() if i.get("type") == "cloud"}
+        if not clouds:
+            raise SystemExit(f"{args.profile}: no image of type cloud")
+        data, out = build_copy(args.profile, clouds, work, args.cache_dir)
+        for name, image in clouds.items():
+            host = image["host"]
+            board = str(data["hosts"][host]["board"])
+            seed = make_nocloud_seed(work / f"{name}-seed.img", hostname=f"{host}-bench.provider.example")
+            path = next(out.glob(f"{name}.*"))
+            samples = []
+            for _ in range(args.runs):
+                samples.append(timed_cloud(board, path, seed))
+                print(f"  {name}: cloud {samples[-1][0]:.1f} s, ready {samples[-1][1]:.1f} s", flush=True)
+            cloud = statistics.median(s[0] for s in samples)
+            ready = statistics.median(s[1] for s in samples)
+            print(f"{name} ({host} on {board}, {path.stat().st_size / 2**20:.0f} MiB {path.suffix[1:]}), median of "
+                  f"{args.runs}: power-on to cloud (root grown, metadata applied) {cloud:.1f} s, "
+                  f"to ready {ready:.1f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def plain_twin(image: Path, dest: Path) -> Path:
@@ -162,12 +219,17 @@ def main() -> int:
     p.add_argument("--baseline-board", help="board for the baseline (default: --board)")
     p.add_argument("--profile", type=Path, help="build this profile's --host as a disk image and time it")
     p.add_argument("--host", help="with --profile: the host to build and boot")
+    p.add_argument("--cloud", action="store_true",
+                   help="with --profile: build its cloud images and boot each as a provider does")
     p.add_argument("--cache-dir", type=Path, default=os.environ.get("CLUSTERCTL_CACHE_DIR"),
                    help="stage cache for --profile builds (default: the builder's)")
     args = p.parse_args()
+    if args.profile and args.cloud:
+        bench_cloud(args)
+        return 0
     if args.profile:
         if not args.host:
-            p.error("--profile needs --host")
+            p.error("--profile needs --host or --cloud")
         bench_host(args)
         return 0
     if args.image is None:

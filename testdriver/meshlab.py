@@ -101,7 +101,8 @@ opts = f"trans=fd,rfdno={fd},wfdno={fd},version=9p2000.L,msize={msize},aname={an
 sys.exit(subprocess.run(["mount", "-t", "9p", "-o", opts, "none", where], pass_fds=[fd]).returncode)
 '''
 
-def _write_tree(root: Path, files: dict[str, str], meta: dict[str, Any]) -> Path:
+def write_tree(root: Path, files: dict[str, str], meta: dict[str, Any]) -> Path:
+    """An overlay folder: its files (path in the root -> text) and its overlay.yaml."""
     for rel, text in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
     dest.mkdir(parents=True, exist_ok=True)
     tools = {"usr/local/bin/tcpbench": TCPBENCH, "usr/local/bin/fdmount": FDMOUNT} if bench else {}
     modes = {**GUEST_MODES, **dict.fromkeys(tools, "0755")}
-    lab = _write_tree(dest / "overlay-lab", {**GUEST_FILES, **tools},
+    lab = write_tree(dest / "overlay-lab", {**GUEST_FILES, **tools},
                       {"modes": {path: {"mode": mode} for path, mode in modes.items()}})
     data = yaml.safe_load(PROFILE.read_text())
     data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]
@@ -143,13 +144,13 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
 
 
 def build(profile: Path, out: Path, cache: Path, ca_dir: Path, images: list[str], timeout: float = 1500) -> Path:
-    """``clusterctl build`` of some images of the lab profile; returns the cluster's output folder."""
+    """``clusterctl build`` of some images of a lab profile; returns the cluster's output folder."""
     argv = [sys.executable, "-m", "builder", "build", str(profile), "--out", str(out), "--cache-dir", str(cache),
             "--ca-dir", str(ca_dir), "-q", *itertools.chain.from_iterable(("--image", i) for i in images)]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise AssertionError(f"build failed ({r.returncode}): {r.stderr[-4000:]}")
-    return out / "vesawall"
+    return out / str(yaml.safe_load(profile.read_text())["cluster"]["name"])
 
 
 def host_facts(profile: Path) -> dict[str, dict[str, Any]]:
