@@ -2,8 +2,8 @@
 
 Kept apart from process handling so the command can be checked without booting anything.
 Everything a machine writes lives in its work dir: qcow2 disks (sparse; overlays over a built
-image, so a test never changes the image), a private copy of the UEFI variable store, and
-the SMBIOS type 3 table.
+image, so a test never changes the image), a private copy of the UEFI variable store, the
+SMBIOS type 3 table, and for a board with a battery its ACPI table (testdriver/acpi).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testdriver.acpi import AcpiError, battery_table
 from testdriver.board import Board, Disk
 
 QEMU = "qemu-system-x86_64"
@@ -84,6 +85,10 @@ class MachinePaths:
     @property
     def smbios_type3(self) -> Path:
         return self.workdir / "smbios-type3.bin"
+
+    @property
+    def battery_aml(self) -> Path:
+        return self.workdir / "acpi-battery.aml"
 
     def disk(self, index: int) -> Path:
         return self.workdir / f"disk{index}.qcow2"
@@ -187,6 +192,11 @@ def prepare_files(cfg: MachineConfig, paths: MachinePaths) -> None:
     paths.smbios_type3.write_bytes(
         smbios_type3_table(board.dmi.vendor, board.dmi.chassis_type, board.dmi.version, serial_of(cfg))
     )
+    if board.battery:
+        try:
+            battery_table(paths.battery_aml)
+        except AcpiError as err:
+            raise MachineSetupError(f"board {board.name}: its battery: {err}") from None
     disks = [*board.disks, *cfg.extra_disks]
     for i, disk in enumerate(disks):
         if paths.disk(i).exists():
@@ -304,6 +314,9 @@ def build_command(cfg: MachineConfig, paths: MachinePaths) -> list[str]:
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(str(code))}"]
         argv += ["-drive", f"if=pflash,format=raw,unit=1,file={_opt(str(paths.vars_fd))}"]
     argv += _smbios_args(cfg, paths)
+    if board.battery:
+        # QEMU has no battery device: an SSDT declares one (and an AC adapter) for the guest's ACPI drivers.
+        argv += ["-acpitable", f"file={_opt(str(paths.battery_aml))}"]
     if board.display:
         argv += ["-device", "VGA"]
     usb = cfg.boot_image is not None and cfg.as_usb

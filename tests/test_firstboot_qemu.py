@@ -13,9 +13,10 @@ one 2 TB disk is full of data and must be byte-identical afterwards; the power i
 installer writes, and the stick is booted again: it takes up its own unfinished install.
 
 The wizard when the box is not certain: a mini PC with a display and a second disk fits both
-hosts, so it asks which; a laptop fits neither, so it says so and lists them all. And the claim
-ledger: a second nano-itx box booting the same stick is told that left is already installed on
-the first box, and is offered what is still free (nothing fits it, so it quits).
+hosts, so it asks which; a laptop (its emulated battery seen) fits neither, so it says so and
+lists them all. And the claim ledger: a second nano-itx box booting the same stick is told that
+left is already installed on the first box, and is offered what is still free (nothing fits
+it, so it quits).
 """
 
 from __future__ import annotations
@@ -202,7 +203,10 @@ def test_the_wizard_asks_when_two_hosts_fit_and_says_so_when_none_does(dualnano_
         m2.wait_for_line(r"\[y\] install, \[o\] another host, \[s\] shell, \[q\] quit: ", timeout=60)
         assert not [e for e in m2.events if e["event"] in ("matched", "installing", "installed")]
 
-        asking = m0.wait_for("asking", timeout=BOOT)
+        # The laptop board's emulated ACPI battery (testdriver/acpi): detect sees a power_supply of
+        # type Battery that is the machine's own (not scope=Device).
+        assert m0.wait_for("inventory", timeout=BOOT)["battery"] is True
+        asking = m0.wait_for("asking", timeout=120)
         assert asking["outcome"] == "none"
         m0.wait_for_line("No host of this stick matches this machine.", timeout=60)
         # Each with why not (rich wraps at the console's 80 columns: match within one line).

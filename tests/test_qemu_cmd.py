@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testdriver import acpi
 from testdriver.board import CHASSIS_TYPES, Board, BoardError, Disk, board_names, load_board
 from testdriver.qemu import Machine
 from testdriver.qemu_cmd import (
@@ -55,6 +56,7 @@ def test_every_board_parses_and_builds_a_command(name: str, tmp_path: Path) -> N
     argv, paths = _prepared(board, tmp_path)
     assert argv[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
     assert ("VGA" in _devices(argv)) == board.display
+    assert ("-acpitable" in argv) == board.battery
     assert (any("if=pflash" in a for a in argv)) == (board.firmware in ("uefi", "uefi-secure"))
     # Secure Boot: OVMF's SMM build, its variable store guarded, Microsoft's keys enrolled.
     secure = board.firmware == "uefi-secure"
@@ -122,6 +124,20 @@ def test_host_pins_override_mac_and_serial(tmp_path: Path) -> None:
     assert any("mac=52:54:00:aa:bb:cc" in d for d in _devices(argv))
     assert any(a.startswith("type=1,") and "serial=PINNED-1" in a for a in argv)
     assert b"PINNED-1\0" in paths.smbios_type3.read_bytes()
+
+
+def test_a_board_with_a_battery_gets_its_acpi_table_from_the_work_dir(tmp_path: Path) -> None:
+    argv, paths = _prepared(load_board("laptop"), tmp_path)
+    assert argv[argv.index("-acpitable") + 1] == f"file={paths.battery_aml}"
+    assert paths.battery_aml.parent == paths.workdir and paths.battery_aml.read_bytes()[:4] == b"SSDT"
+    argv, paths = _prepared(load_board("nano-itx"), tmp_path / "none")
+    assert "-acpitable" not in argv and not paths.battery_aml.exists()
+
+
+def test_a_battery_without_iasl_is_refused_before_qemu_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acpi, "IASL", "iasl-not-installed")
+    with pytest.raises(MachineSetupError, match=r"board laptop: its battery: .*'acpica-tools'"):
+        _prepared(load_board("laptop"), tmp_path)
 
 
 @pytest.mark.parametrize("chassis", sorted(CHASSIS_TYPES))

@@ -291,7 +291,8 @@ BOARD = Record(
             Field("mac", Str(MAC_PATTERN, MAC_DOC), "its MAC address", required=True),
         ])), "network interfaces", default=[]),
         Field("display", Bool(), "a display is connected", default=False),
-        Field("battery", Bool(), "the machine has a battery (not imitated by QEMU)", default=False),
+        Field("battery", Bool(),
+              "the machine has a battery (its QEMU twin gets an emulated ACPI battery and AC adapter)", default=False),
     ],
     doc="A machine shape: what first boot detects on it, and how QEMU imitates it in tests.",
 )
