@@ -33,13 +33,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from builder.tools import LineSink, ToolRunner
+from builder.tools import LineSink, ToolError, ToolRunner
 from core.disk.bootmenu import ISOBOOT_DIR
 from core.disk.gpt import LINUX_DATA_TYPE as LINUX_DATA_TYPE  # the ISO partition's type (re-exported)
 
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
 LNXBOOT = GRUB_PC_DIR / "lnxboot.img"
 ISOS_LABEL = "clusterctl-isos"
+ISOS_BLOCK = 4096  # the ISO partition's block size, fixed so fill_holes can count blocks
 MiB = 1024 * 1024
 
 # Built into every GRUB image: no module files are read at boot (``insmod`` of one of these
@@ -215,8 +216,30 @@ def build_iso_partition(sources: dict[str, Path], fs_uuid: str, out: Path, work:
         f.truncate(size)
     # No journal (the stick's ISOs are read, not written) and no features GRUB 2.06's ext2 reader
     # refuses (newer mke2fs may turn metadata_csum_seed and orphan_file on by default).
-    ToolRunner(log, on_line).run(["mkfs.ext4", "-q", "-F", "-L", ISOS_LABEL, "-U", fs_uuid, "-m", "0",
-                                  "-O", "^has_journal,^metadata_csum_seed,^orphan_file",
-                                  "-E", "root_owner=0:0", "-d", str(tree), str(out)])
+    runner = ToolRunner(log, on_line)
+    runner.run(["mkfs.ext4", "-q", "-F", "-b", str(ISOS_BLOCK), "-L", ISOS_LABEL, "-U", fs_uuid, "-m", "0",
+                "-O", "^has_journal,^metadata_csum_seed,^orphan_file",
+                "-E", "root_owner=0:0", "-d", str(tree), str(out)])
+    fill_holes(out, {iso_file_name(n): (tree / iso_file_name(n)).stat().st_size for n in sources}, runner)
     shutil.rmtree(tree, ignore_errors=True)
     return {"size": size, "content_bytes": total}
+
+
+def fill_holes(fs_file: Path, files: dict[str, int], runner: ToolRunner) -> None:
+    """Allocate every block of each file (``{name in /: size}``) that ``mkfs -d`` left a hole.
+
+    mke2fs -d stores all-zero blocks as holes, and GRUB 2.06's ext2 reader cannot read a file
+    whose first block is a hole once its extent tree has an index level ("invalid extent"): an
+    ISO without a hybrid MBR starts with 32 KiB of zeros. debugfs' fallocate fills the holes
+    with unwritten extents over blocks of the fresh (zeroed) file system, which Linux reads as
+    zeros and GRUB reads as the zeros they hold."""
+    script = [f'fallocate "/{name}" 0 {(size + ISOS_BLOCK - 1) // ISOS_BLOCK - 1}'
+              for name, size in sorted(files.items()) if size]
+    if not script:
+        return
+    said = runner.run(["debugfs", "-w", "-f", "-", str(fs_file)], stdin_bytes="\n".join(script).encode() + b"\n")
+    # debugfs goes on after a failed command and exits 0; its banner and echoed commands start
+    # with "debugfs", anything else is a complaint.
+    complaints = [line for line in said.splitlines() if line.strip() and not line.startswith("debugfs")]
+    if complaints:
+        raise ToolError(f"debugfs could not fill the ISO files' holes: {complaints[0]}", runner.log)

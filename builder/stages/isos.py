@@ -23,4 +23,4 @@ def run(ctx: StageContext, stage: Stage, work: Path, log: Path) -> tuple[dict[st
     return {**rec, "sha256": file_sha256(out)}, out
 
 
-KIND = StageKind(name="isos", version=1, tools=("mke2fs",), run=run)
+KIND = StageKind(name="isos", version=2, tools=("mke2fs",), run=run)
