@@ -53,9 +53,13 @@ class Lease:
 class ProviderNet:
     """A guest-only LAN with a DHCP server (dnsmasq in its own network namespace)."""
 
-    def __init__(self, name: str = "provider", subnet: str = "10.77.0.0/24") -> None:
+    def __init__(self, name: str = "provider", subnet: str = "10.77.0.0/24",
+                 static: dict[str, str] | None = None) -> None:
+        """``static``: MAC -> address leases (a provider's public address that stays the VM's, as the
+        address a profile's seed names must)."""
         self.lan = Lan(name)
         self.subnet = ipaddress.ip_network(subnet)
+        self.static = {mac.lower(): address for mac, address in (static or {}).items()}
         hosts = list(self.subnet.hosts())
         self.server = str(hosts[0])  # dnsmasq's own address, also the router it announces
         self.pool = (str(hosts[99]), str(hosts[198]))  # .100 - .199 for guests
@@ -76,7 +80,8 @@ class ProviderNet:
                 "--bind-interfaces", "--interface=tap0", "--except-interface=lo", "--dhcp-authoritative",
                 f"--dhcp-range={self.pool[0]},{self.pool[1]},{self.subnet.netmask},1h",
                 f"--dhcp-leasefile={self.dir / 'leases'}", f"--pid-file={self.dir / 'dnsmasq.pid'}",
-                f"--log-facility={self.log}", "--log-dhcp", "--user=root", "--group=root"]
+                f"--log-facility={self.log}", "--log-dhcp", "--user=root", "--group=root",
+                *(f"--dhcp-host={mac},{address}" for mac, address in sorted(self.static.items()))]
         return "\n".join([
             "set -e",
             "ip link set lo up",
