@@ -31,7 +31,7 @@ TOOLS = {"nft": "nftables", "vde_plug2tap": "vde2", "unshare": "util-linux", "ip
          "nsenter": "util-linux"}
 
 
-def ruleset(home: ipaddress.IPv4Network) -> str:
+def ruleset(home: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
     """The router's nftables rules: ``lan`` is the home side's tap, ``wan`` the other side's."""
     return f"""table ip home {{
   chain input {{
@@ -73,7 +73,7 @@ class HomeRouter:
 
     def _script(self) -> str:
         rules = self.dir / "router.nft"
-        rules.write_text(ruleset(self.lan_if.network))  # type: ignore[arg-type]
+        rules.write_text(ruleset(self.lan_if.network))
         return "\n".join([
             "set -e",
             "ip link set lo up",

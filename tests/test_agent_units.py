@@ -119,8 +119,13 @@ def test_seed_targets(etcs: dict[str, Path]) -> None:
     assert targets == (["wall-2"], [("10.44.0.12", 9)])
     # anything else: a candidate for whoever is not reached yet
     assert discovery.seed_targets(discovery.parse_seed("cloud"), cfg, resolver) == ([], [("192.0.2.7", 51820)])
-    # this host's own address names nobody to reach
-    assert discovery.seed_targets(discovery.parse_seed("10.44.0.11"), cfg, resolver)[0] == []
+    # this host itself is no candidate for anyone: its name, its profile LAN address, or an address
+    # it holds (a cloud host whose public address is the cluster's seed)
+    assert discovery.seed_targets(discovery.parse_seed("wall-1"), cfg, resolver) == ([], [])
+    assert discovery.seed_targets(discovery.parse_seed("10.44.0.11"), cfg, resolver) == ([], [])
+    assert discovery.seed_targets(discovery.parse_seed("cloud"), cfg, resolver, own=["192.0.2.7"]) == ([], [])
+    assert discovery.seed_targets(discovery.parse_seed("cloud"), cfg, resolver, own=["192.0.2.8"]) == \
+        ([], [("192.0.2.7", 51820)])
     assert discovery.resolve("localhost")[0] in ("127.0.0.1", "::1")
     assert discovery.resolve("no-such-host.invalid") == []
 

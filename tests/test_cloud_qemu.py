@@ -272,14 +272,18 @@ def test_den_mounts_edge_1_through_the_seed_and_reads_its_export(lab: Lab, den: 
 
 def test_edge_1_sees_den_at_the_routers_address_and_lists_it_in_n_cluster(lab: Lab, den: Machine) -> None:
     edge = lab.edge.machine
-    wait_mounted(edge, "den")  # through the tunnel den opened: edge-1 could not have reached den first
+    # Through the tunnel den opened: edge-1 could not have reached den first. Its seed is its own
+    # address, which is no candidate (it would point den's endpoint back at edge-1 itself).
+    mounted = wait_mounted(edge, "den")
     den_key = den.succeed("wg show wg0 public-key").strip()
     endpoints = dict(line.split("\t") for line in edge.succeed("wg show wg0 endpoints").splitlines())
     # Masqueraded: edge-1 knows den only as the router's WAN address, never its LAN address.
     assert endpoints[den_key].rsplit(":", 1)[0] == ROUTER_WAN, endpoints
+    assert mounted["endpoint"] == endpoints[den_key], mounted  # what WireGuard learned, as it was
     assert sorted(edge.succeed("ls /n/cluster/").split()) == ["den", "edge-1"]  # closet is not up
     entry = json.loads(edge.succeed("cat /n/cluster/den"))
     assert (entry["host"], entry["online"], entry["state"]) == ("den", True, "mounted"), entry
+    assert entry["endpoint"].rsplit(":", 1)[0] == ROUTER_WAN, entry
     assert edge.succeed("ls /n/den/fs/").split() == ["home"]
     assert sorted(den.succeed("ls /n/cluster/").split()) == ["den", "edge-1"]
 

@@ -112,8 +112,10 @@ class Agent:
             except ValueError as exc:
                 events.emit("error", stage="seeds", host=self.cfg.host, message=str(exc))
         while seeds:
+            own = [a for _i, a in await loop.run_in_executor(None, discovery.ipv4_addresses)]
             for seed in seeds:
-                named, endpoints = await loop.run_in_executor(None, discovery.seed_targets, seed, self.cfg)
+                named, endpoints = await loop.run_in_executor(None, discovery.seed_targets, seed, self.cfg,
+                                                              discovery.resolve, own)
                 targets = [self.sups[n] for n in named if n in self.sups] or \
                     [s for s in self.sups.values() if s.state != "mounted"]
                 for sup in targets:

@@ -22,7 +22,7 @@ import logging
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,14 +167,21 @@ def resolve(host: str) -> list[str]:
     return sorted(out, key=lambda a: ":" in a)
 
 
-def seed_targets(seed: Seed, cfg: AgentConfig,
-                 resolver: Callable[[str], list[str]] = resolve) -> tuple[list[str], list[tuple[str, int]]]:
+def seed_targets(seed: Seed, cfg: AgentConfig, resolver: Callable[[str], list[str]] = resolve,
+                 own: Collection[str] = ()) -> tuple[list[str], list[tuple[str, int]]]:
     """(members this seed is known to be, candidate endpoints). No members means: any member
-    not reached yet may be behind it."""
+    not reached yet may be behind it. A seed that is this host (its name, its LAN address in the
+    profile, or an address it holds, ``own``) gives nothing: every host has the same seed list,
+    and a cloud host's public address is its own seed. As a candidate it would point each peer's
+    endpoint back at this host and undo the one WireGuard learned from the peer (behind a NAT,
+    the only one that works)."""
     addresses = resolver(seed.host)
+    mine = {*own, *([cfg.lan] if cfg.lan else [])}
+    if seed.host == cfg.host or mine.intersection(addresses):
+        return [], []
     endpoints = [(a, seed.port) for a in addresses]
     if seed.host in cfg.members:
-        return ([seed.host] if seed.host != cfg.host else []), endpoints
+        return [seed.host], endpoints
     by_lan = {m.lan: n for n, m in cfg.members.items() if m.lan}
     named = sorted({by_lan[a] for a in addresses if a in by_lan})
     if named:

@@ -8,7 +8,8 @@ it goes, force the mount down and start again.
 
 Endpoints: discovery adds candidates (newest first); while WireGuard has no fresh handshake
 with the peer, each attempt sets the next candidate as its endpoint. A peer that reaches us
-first teaches WireGuard its endpoint itself (roaming), so attempts go on even without one.
+first teaches WireGuard its endpoint itself (roaming), so attempts go on even without one; the
+endpoint reported at mount is the one WireGuard uses then.
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ class PeerSupervisor:
         except (MeshError, ValueError) as exc:
             log.warning("endpoint of %s: %s", self.member.name, exc)
 
+    def _current_endpoint(self) -> str | None:
+        """The endpoint WireGuard uses now: the one set here, or the one it learned from the peer's
+        packets (a host behind a NAT is known only by its router's address and port)."""
+        if self.wg is None:
+            return self.endpoint
+        try:
+            state = self.wg.peers().get(self.member.wg_public)
+        except MeshError as exc:
+            log.warning("endpoint of %s: %s", self.member.name, exc)
+            return self.endpoint
+        return state.endpoint if state is not None and state.endpoint else self.endpoint
+
     async def _pause(self, seconds: float) -> None:
         self.wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -139,6 +152,7 @@ class PeerSupervisor:
             self.report(self.member.name, "error", reason=str(exc))
             return "error"
         self.state, self.refusal = "mounted", None
+        self.endpoint = await loop.run_in_executor(None, self._current_endpoint)
         self.report(self.member.name, "mounted", path=str(self.path), backend=self.backend.name,
                     endpoint=self.endpoint)
         mounted = self.mounted
