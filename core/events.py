@@ -30,19 +30,20 @@ def emit(event: str, stream: TextIO | None = None, **fields: Any) -> dict[str, A
     return {"event": event, **fields}
 
 
+_DECODER = json.JSONDecoder()
+
+
 def parse_line(line: str) -> dict[str, Any] | None:
     """The event on a console line, or None when the line carries none (or a torn one)."""
     start = line.find(_MARK)
     if start < 0:
         return None
     text = line[start + len(PREFIX):].strip()
-    # A bootloader or getty may append escape sequences after the object: cut at the
-    # last closing brace and let the JSON parser judge the rest.
-    end = text.rfind("}")
-    if end < 0:
-        return None
+    # A bootloader or getty may append escape sequences, or a second copy of the line (GRUB on
+    # the screen and the serial port, both mirrored to the port), after the object: decode the
+    # first object and ignore what follows.
     try:
-        value = json.loads(text[: end + 1])
+        value, _ = _DECODER.raw_decode(text)
     except ValueError:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("event"), str):

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from core.events import parse_line
 from testdriver.board import load_board
 from testdriver.console import Console
 from testdriver.qemu import CommandFailed, Machine, MachineTimeout
@@ -228,3 +229,11 @@ def test_a_command_without_an_answer_times_out_with_the_console(fake: Any) -> No
         m.execute("sleep 100", timeout=1)
     assert time.monotonic() - began < 5
     assert "no result of `sleep 100`" in str(err.value) and "console lines" in str(err.value)
+
+
+def test_an_event_line_followed_by_its_copy_is_read_once() -> None:
+    # GRUB echoes to the screen and the serial port, and OVMF mirrors the screen to the port: the
+    # two copies can share a console line, the second one torn by a wrap.
+    line = 'CLUSTERCTL {"event": "error", "stage": "iso"}CLUSTERCTL {"event": "error", "st'
+    assert parse_line(line) == {"event": "error", "stage": "iso"}
+    assert parse_line('CLUSTERCTL {"event": "error", "st') is None

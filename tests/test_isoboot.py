@@ -20,6 +20,7 @@ from builder.filedigest import file_digest
 from builder.plan import make_plan
 from builder.profile import load_profile
 from builder.stages import isoboot
+from core.disk import bootmenu
 from core.disk.bootmenu import BootEntry, menus, parse_entry
 from tests.test_profile_errors import GOOD, errors_of
 
@@ -46,7 +47,13 @@ def test_grub_config_hands_over_to_the_isos_loopback_cfg() -> None:
     # The ESP's signed GRUB has its consoles set up already; an unsigned kernel is not tried under
     # Secure Boot (GRUB's lockdown), and the screen says what to do.
     esp_cfg = isoboot.grub_config("live", FS_UUID, serial=False, kernel_signed=False)
-    assert "serial" not in esp_cfg.split("CLUSTERCTL")[0] and esp_cfg.count('"event": "error"') == 4
+    assert "serial --unit" not in esp_cfg and esp_cfg.count('"event": "error"') == 4
+    # GRUB wraps a serial line at 80 columns: each event is echoed with that terminal widened.
+    widen, restore = 'if [ "$clusterctl_serial" = y ]; then terminfo -g 250x50 serial; fi', "terminfo -g 80x24 serial"
+    for chunk in esp_cfg.split("CLUSTERCTL")[1:]:
+        assert restore in chunk.split("\n", 2)[1]
+    assert esp_cfg.count(widen) == 4
+    assert 'set clusterctl_serial=y\n  export clusterctl_serial' in bootmenu.grub_menu([], 3)
     refusal, _, rest = esp_cfg.partition("else\n")
     assert 'if [ "$lockdown" = "y" ]; then' in refusal and "turn Secure Boot off" in refusal
     assert "configfile /boot/grub/loopback.cfg" in rest and "configfile" not in refusal
@@ -120,7 +127,7 @@ def test_an_iso_that_starts_with_zeros_is_read_whole_by_grubs_own_ext4_reader(tm
     # 2.06 then failed on block 0 ("invalid extent"); grub-fstest is GRUB's ext2 code on the host.
     block = isoboot.ISOS_BLOCK
     data = bytearray(8 * block)
-    for i in range(8, 40, 2):  # data, hole, data, hole...: 16 extents
+    for _ in range(16):  # data, hole, data, hole...: 16 extents
         data += os.urandom(block) + bytes(block)
     data += os.urandom(1000)
     src = tmp_path / "plain.iso"

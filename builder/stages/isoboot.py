@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.tools import LineSink, ToolError, ToolRunner
-from core.disk.bootmenu import ISOBOOT_DIR
+from core.disk.bootmenu import ISOBOOT_DIR, SERIAL_VAR
 from core.disk.gpt import LINUX_DATA_TYPE as LINUX_DATA_TYPE  # the ISO partition's type (re-exported)
 
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
@@ -82,8 +82,16 @@ def grub_config(os_name: str, fs_uuid: str, *, serial: bool, kernel_signed: bool
     iso_path = f"/{iso_file_name(os_name)}"
 
     def fail(message: str, indent: str) -> list[str]:
-        # For a person at the screen, and as an event for whoever follows the serial console.
-        return [f"{indent}echo {_grub_quote(message)}", f"{indent}echo {_grub_quote(_event_line(os_name, message))}"]
+        # For a person at the screen, and as an event for whoever follows the serial console. GRUB
+        # wraps a serial line at the terminal's width (80): the event is echoed with the serial
+        # terminal widened, then put back (the menu is drawn there again afterwards).
+        event = f"echo {_grub_quote(_event_line(os_name, message))}"
+        if serial:  # this GRUB's own serial terminal is already wide (head, below)
+            return [f"{indent}echo {_grub_quote(message)}", f"{indent}{event}"]
+        return [f"{indent}echo {_grub_quote(message)}",
+                f'{indent}if [ "${SERIAL_VAR}" = y ]; then terminfo -g 250x50 serial; fi',
+                f"{indent}{event}",
+                f'{indent}if [ "${SERIAL_VAR}" = y ]; then terminfo -g 80x24 serial; fi']
 
     body = [
         f"set iso_path={iso_path}",

@@ -68,6 +68,10 @@ def _grub_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
+# Set (and exported) by the stick's GRUB menu when the box has a serial port.
+SERIAL_VAR = "clusterctl_serial"
+
+
 def grub_menu(entries: list[BootEntry], timeout_s: int) -> str:
     """GRUB's script: the entries in order, the first the default; digit N boots entry N."""
     out = [
@@ -76,6 +80,7 @@ def grub_menu(entries: list[BootEntry], timeout_s: int) -> str:
         # A box without a serial port: the menu stays on its screen alone.
         "if serial --unit=0 --speed=115200; then",
         "  terminal_input console serial", "  terminal_output console serial",
+        f"  set {SERIAL_VAR}=y", f"  export {SERIAL_VAR}",  # for the ISO entries' scripts (configfile)
         "fi",
     ]
     for i, e in enumerate(entries):
