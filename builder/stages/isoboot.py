@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.tools import LineSink, ToolError, ToolRunner
-from core.disk.bootmenu import ISOBOOT_DIR, SERIAL_VAR
+from core.disk.bootmenu import ISOBOOT_DIR, SERIAL_VAR, grub_quote
 from core.disk.gpt import LINUX_DATA_TYPE as LINUX_DATA_TYPE  # the ISO partition's type (re-exported)
 
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
@@ -67,8 +67,8 @@ def iso_file_name(entry: str) -> str:
     return f"{entry}.iso"
 
 
-def _grub_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
+# The serial terminal's size while an event line is written: GRUB wraps a line at the width.
+WIDE_SERIAL = "250x50"
 
 
 def _event_line(os_name: str, message: str) -> str:
@@ -85,13 +85,14 @@ def grub_config(os_name: str, fs_uuid: str, *, serial: bool, kernel_signed: bool
         # For a person at the screen, and as an event for whoever follows the serial console. GRUB
         # wraps a serial line at the terminal's width (80): the event is echoed with the serial
         # terminal widened, then put back (the menu is drawn there again afterwards).
-        event = f"echo {_grub_quote(_event_line(os_name, message))}"
+        show, event = (f"{indent}echo {grub_quote(text)}" for text in (message, _event_line(os_name, message)))
         if serial:  # this GRUB's own serial terminal is already wide (head, below)
-            return [f"{indent}echo {_grub_quote(message)}", f"{indent}{event}"]
-        return [f"{indent}echo {_grub_quote(message)}",
-                f'{indent}if [ "${SERIAL_VAR}" = y ]; then terminfo -g 250x50 serial; fi',
-                f"{indent}{event}",
-                f'{indent}if [ "${SERIAL_VAR}" = y ]; then terminfo -g 80x24 serial; fi']
+            return [show, event]
+
+        def on_serial(geometry: str) -> str:
+            return f'{indent}if [ "${SERIAL_VAR}" = y ]; then terminfo -g {geometry} serial; fi'
+
+        return [show, on_serial(WIDE_SERIAL), event, on_serial("80x24")]
 
     body = [
         f"set iso_path={iso_path}",
@@ -119,7 +120,7 @@ def grub_config(os_name: str, fs_uuid: str, *, serial: bool, kernel_signed: bool
     head = ["# clusterctl: boot an ISO file through its own /boot/grub/loopback.cfg"]
     if serial:
         head += ["serial --unit=0 --speed=115200", "terminal_input --append serial", "terminal_output --append serial",
-                 "terminfo -g 250x50 serial"]  # an event line must not wrap at 80 columns
+                 f"terminfo -g {WIDE_SERIAL} serial"]  # an event line must not wrap at 80 columns
     return "\n".join([*head, *body, ""])
 
 

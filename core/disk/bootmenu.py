@@ -64,7 +64,7 @@ def with_root(options: str, partuuid: str | None) -> str:
     return _ROOT.sub(f"root=PARTUUID={partuuid}", options)
 
 
-def _grub_quote(text: str) -> str:
+def grub_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
@@ -85,11 +85,11 @@ def grub_menu(entries: list[BootEntry], timeout_s: int) -> str:
     ]
     for i, e in enumerate(entries):
         hotkey = f" --hotkey={i + 1}" if i < 9 else ""
-        out.append(f"menuentry {_grub_quote(e.title)} --id {_grub_quote(e.os)}{hotkey} {{")
+        out.append(f"menuentry {grub_quote(e.title)} --id {grub_quote(e.os)}{hotkey} {{")
         if e.grub_cfg:
             out.append(f"  configfile {e.grub_cfg}")
         else:
-            out += [f"  echo {_grub_quote('Loading ' + e.title + ' ...')}", f"  linux {e.linux} {e.options}",
+            out += [f"  echo {grub_quote('Loading ' + e.title + ' ...')}", f"  linux {e.linux} {e.options}",
                     f"  initrd {e.initrd}"]
         out.append("}")
     return "\n".join(out) + "\n"
