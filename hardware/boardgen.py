@@ -44,6 +44,17 @@ def _disk(d: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     return out, note
 
 
+def _natural(text: str) -> tuple[Any, ...]:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _disk_order(d: dict[str, Any]) -> tuple[bool, tuple[Any, ...]]:
+    """The system disk first (a twin's image backs its first disk), then the rest by port: kernel
+    names (sda, sdb...) follow probe order, which async SCSI scanning does not keep stable."""
+    system = bool(d.get("boot_medium")) and d.get("type") != "usb"
+    return not system, _natural(str(d.get("by_path") or d.get("name") or ""))
+
+
 def _nic(n: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     driver = str(n.get("driver") or "")
     model = NIC_MODELS.get(driver, "e1000e")
@@ -74,7 +85,7 @@ def board_of(inventory: dict[str, Any], firmware: str | None = None) -> tuple[di
             dmi[key] = _text(system[key])
     dmi["chassis"] = chassis if chassis in CHASSIS else "other"
     disks = []
-    for d in inventory.get("disks") or []:
+    for d in sorted(inventory.get("disks") or [], key=_disk_order):
         if d.get("removable") or (d.get("boot_medium") and d.get("type") == "usb"):
             continue  # the stick it was booted from, and removable media, are not the box's
         disk, note = _disk(d)

@@ -70,3 +70,17 @@ def test_an_installed_hosts_own_system_disk_stays_in_its_board() -> None:
     board, _ = board_of(inv, "bios")
     assert system["serial"] in [d.get("serial") for d in board["disks"]]
     assert len(board["disks"]) == len([d for d in inv["disks"] if not d.get("removable")])
+
+
+def test_the_system_disk_comes_first_and_the_rest_in_port_order() -> None:
+    """A twin's image backs its board's first disk, so that must be the box's system disk; kernel
+    names follow probe order (async SCSI scanning shuffles them), the ports don't."""
+    inv = load_inventory("storage-box")
+    by_port = sorted((d for d in inv["disks"] if d["type"] != "usb"), key=lambda d: d["by_path"])
+    system = by_port[2]  # the system disk on the last port, and the kernel's names reversed
+    for d, name in zip(by_port, ("sdc", "sdb", "sda"), strict=True):
+        d["name"], d["boot_medium"] = name, d is system
+    inv["disks"].sort(key=lambda d: d["name"])
+    board, _ = board_of(inv, "bios")
+    expected = [system["serial"]] + [d["serial"] for d in by_port if d is not system]
+    assert [d["serial"] for d in board["disks"]] == expected
