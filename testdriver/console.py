@@ -21,8 +21,10 @@ from core.events import parse_line
 Event = dict[str, Any]
 
 # The kernel's own boot, from its banner to starting init (or the first event): where an
-# emulator hang shows as silence (see Machine's stall_reset_after).
-KERNEL_START = re.compile(r"Linux version \d")
+# emulator hang shows as silence (see Machine's stall_reset_after). Under UEFI the EFI stub's
+# own lines come first, and at loglevel 4 (the test kit's) they are all the kernel prints: the
+# banner is a notice.
+KERNEL_START = re.compile(r"Linux version \d|EFI stub: ")
 KERNEL_DONE = re.compile(r"Run /\S+ as init process|Freeing unused kernel|systemd\[1\]|Welcome to ")
 # A line without its newline is looked at for those marks too (a guest stopped or hung in the
 # middle of its banner line is still in the kernel), up to the longest line a kernel prints.

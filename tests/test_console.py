@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from core.events import parse_line
+from core.events import format_event, parse_line
 from testdriver.board import load_board
 from testdriver.console import Console
 from testdriver.qemu import CommandFailed, Machine, MachineTimeout
@@ -75,6 +75,16 @@ def test_the_rest_of_an_armed_line_does_not_arm_again(wire: tuple[socket.socket,
     guest.sendall(b"\x1bc\x1b[?7l SeaBIOS (version 1.16.2)\r\n")
     assert settle(console, lambda: console.line_count == 1)
     assert not console.in_kernel
+
+
+def test_the_efi_stubs_line_arms(wire: tuple[socket.socket, Console]) -> None:
+    # At loglevel 4 the banner is never printed: under OVMF the stub's line is the kernel's only sign.
+    guest, console = wire
+    guest.sendall(b"BdsDxe: starting Boot0001\r\n"
+                  b"EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path\r\n")
+    assert settle(console, lambda: console.in_kernel and console.line_count == 2)
+    guest.sendall(format_event("started").encode() + b"\r\n")  # init's first event disarms
+    assert settle(console, lambda: not console.in_kernel)
 
 
 def test_a_complete_banner_line_still_arms(wire: tuple[socket.socket, Console]) -> None:

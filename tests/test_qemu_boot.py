@@ -91,11 +91,13 @@ def test_a_guest_killed_mid_boot_is_detected(boot_machine: BootMachine, testkit:
 
 def test_a_kernel_gone_silent_before_init_gets_one_press_of_reset(boot_machine: BootMachine, testkit: TestKit,
                                                                   ) -> None:
-    # The kernel's banner is printed at loglevel 5 and up; stopping the guest in the monitor right
-    # after it is the silence of a hung emulator.
-    m = boot_machine("nano-itx", kernel=testkit.kernel, initrd=testkit.initrd,
-                     append=testkit.append().replace("loglevel=4", "loglevel=7"), stall_reset_after=5.0)
-    m.wait_for_line(r"Linux version \d", timeout=BOOT_TIMEOUT)
+    # At the kit's loglevel 4 the EFI stub's line is all the kernel prints under OVMF (a suite run
+    # once hung right after it, TCG with two CPUs); stopping the guest in the monitor there is the
+    # silence of a hung emulator.
+    m = boot_machine("nano-itx", kernel=testkit.kernel, initrd=testkit.initrd, append=testkit.append(),
+                     stall_reset_after=5.0)
+    assert m.board.firmware.startswith("uefi")
+    m.wait_for_line(r"EFI stub: ", timeout=BOOT_TIMEOUT)
     m.qmp("stop")
     m.wait_for("ready", timeout=BOOT_TIMEOUT)
     assert m.stall_resets == 1
