@@ -14,14 +14,14 @@ from core import exitcodes
 def cmd_build(args: argparse.Namespace) -> int:
     from builder.build import Builder, BuildError, CacheBusy
     from builder.cache import StageCache
-    from builder.commands.profile_cmds import load_or_report
+    from builder.commands.profile_cmds import build_folders, load_or_report
     from builder.plan import PlanError
     from builder.report import JsonReporter, QuietReporter, Reporter, RichReporter
     from builder.secrets import IdentityRefused
     from builder.stages.image import ImageTooSmall
     from builder.stages.overlay import OverlayError
 
-    loaded = load_or_report(args.profile, args.json)
+    loaded = load_or_report(args.profile, args.json, build_folders(args))
     if isinstance(loaded, int):
         return loaded
     reporter: Reporter = (JsonReporter() if args.json else QuietReporter() if args.quiet

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -27,10 +29,21 @@ def report_invalid(err: ProfileInvalid, as_json: bool = False) -> int:
     return exitcodes.USAGE
 
 
-def load_or_report(path: str, as_json: bool = False) -> Profile | int:
-    """The profile, or the exit status after reporting why it could not be loaded."""
+def build_folders(args: argparse.Namespace) -> list[str]:
+    """The folders a build with these options writes or reads secrets from (its output, its
+    stage cache, a CA folder named outside the default config folder): no overlay may touch them."""
+    from builder.cache import DEFAULT_DIR
+
+    out = [getattr(args, "out", None) or "images", getattr(args, "cache_dir", None) or str(DEFAULT_DIR)]
+    ca = getattr(args, "ca_dir", None) or os.environ.get("CLUSTERCTL_CA_DIR")
+    return out + ([ca] if ca else [])
+
+
+def load_or_report(path: str, as_json: bool = False, guarded: Sequence[str] = ()) -> Profile | int:
+    """The profile, or the exit status after reporting why it could not be loaded. ``guarded``:
+    folders no overlay may be, hold or sit in (beside the system's own, see overlayguard)."""
     try:
-        return load_profile(path)
+        return load_profile(path, guarded=guarded)
     except ProfileInvalid as err:
         return report_invalid(err, as_json)
 
@@ -45,7 +58,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 status = report_invalid(err, args.json)
                 continue
         else:
-            loaded = load_or_report(path, args.json)
+            loaded = load_or_report(path, args.json, build_folders(args))
             if isinstance(loaded, int):
                 status = loaded
                 continue
@@ -83,7 +96,7 @@ def _stages(profile: Profile, cache_dir: str | None, out_dir: str) -> list[dict[
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    loaded = load_or_report(args.profile, args.json)
+    loaded = load_or_report(args.profile, args.json, build_folders(args))
     if isinstance(loaded, int):
         return loaded
     images = plan_rows(loaded)

@@ -73,10 +73,10 @@ def _events_cell(result: HostResult) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from builder.commands.profile_cmds import load_or_report
+    from builder.commands.profile_cmds import build_folders, load_or_report
     from builder.profile import ProfileInvalid
 
-    loaded = load_or_report(args.profile)
+    loaded = load_or_report(args.profile, guarded=build_folders(args))
     if isinstance(loaded, int):
         return loaded
     model = loaded.model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 from builder.profile.compose import load_composed, resolve_extends
 from builder.profile.errors import Diagnostic, Diagnostics, Mark, ProfileInvalid
 from builder.profile.fields import BOARD, PROFILE
-from builder.profile.types import INVALID, CheckContext
+from builder.profile.overlayguard import guarded_folders
+from builder.profile.types import INVALID, CheckContext, Record
 from builder.profile.validate import check_whole
 from builder.profile.yamlsource import load_yaml_file
 from core import model as core_model
@@ -57,28 +59,33 @@ def board_names(boards_dir: Path = BOARDS_DIR) -> set[str]:
     return {p.stem for p in boards_dir.glob("*.yaml")}
 
 
-def load_profile(path: str | os.PathLike[str], boards_dir: Path = BOARDS_DIR) -> Profile:
+def load_profile(path: str | os.PathLike[str], boards_dir: Path = BOARDS_DIR,
+                 guarded: Sequence[str | os.PathLike[str]] = ()) -> Profile:
+    """``guarded``: folders no overlay may be, hold or sit in (a build's output, cache, CA), beside
+    the system's own and the home folder's private ones (builder.profile.overlayguard)."""
     # A large profile allocates millions of small objects and no cycles; the cyclic GC would
     # rescan them all again and again (half the run time at 200,000 hosts).
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_profile(os.fspath(path), boards_dir)
+        return _load_profile(os.fspath(path), boards_dir, guarded_folders(guarded))
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _load_profile(path: str, boards_dir: Path) -> Profile:
+def _load_profile(path: str, boards_dir: Path, guarded: list[str]) -> Profile:
     diag = Diagnostics()
     sources: list[str] = []
     raw = load_composed(path, diag, read=sources)
     if raw is None:
+        if not diag:
+            diag.add(Mark(path, 1, 1), empty_file(PROFILE, "a profile", "profiles/ has examples"))
         raise ProfileInvalid(diag.items)
     for section in ("roles", "hosts"):
         if isinstance(raw.get(section), dict):
             raw[section] = resolve_extends(raw[section], section, diag)
-    ctx = CheckContext(diag)
+    ctx = CheckContext(diag, guarded=guarded)
     data = PROFILE.check(raw, ctx, "", Mark(path, 1, 1))
     if data is INVALID:
         raise ProfileInvalid(diag.items)
@@ -90,6 +97,14 @@ def _load_profile(path: str, boards_dir: Path) -> Profile:
     if diag:
         raise ProfileInvalid(diag.items)
     return Profile(path=path, data=data, sources=sorted(set(sources)))
+
+
+def empty_file(record: Record, what: str, hint: str) -> str:
+    """The message for a file with nothing in it (or only comments), from the table's required keys."""
+    keys = [f.name for f in record.fields if f.required]
+    need = ", ".join(keys[:-1]) + f" and {keys[-1]}" if len(keys) > 1 else keys[0]
+    return f"the file is empty (or holds only comments): {what} is a mapping that needs at least {need} " \
+           f"(clusterctl docs describes every key; {hint})"
 
 
 def is_board_file(name: str) -> bool:
@@ -145,6 +160,8 @@ def load_board(name_or_path: str | os.PathLike[str], boards_dir: Path = BOARDS_D
     diag = Diagnostics()
     raw = load_yaml_file(path, diag)
     if raw is None:
+        if not diag:
+            diag.add(Mark(path, 1, 1), empty_file(BOARD, "a board", "clusterctl inventory --board prints one"))
         raise ProfileInvalid(diag.items)
     ctx = CheckContext(diag)
     data = BOARD.check(raw, ctx, "", Mark(path, 1, 1))

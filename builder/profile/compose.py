@@ -80,7 +80,7 @@ def load_composed(path: str, diag: Diagnostics, chain: tuple[str, ...] = (), rea
     result: Any = MMap(data.mark)
     for i, inc in enumerate(includes):
         imark = mark_of_key(includes, i, inc_mark)
-        if not isinstance(inc, str) or not inc:
+        if not isinstance(inc, str) or not inc or "\0" in inc:
             diag.add(imark, f"include[{i}]: expected a file name, relative to this file")
             continue
         target = os.path.normpath(os.path.join(os.path.dirname(path), inc))

@@ -10,6 +10,7 @@ from typing import Any
 
 from builder.profile.errors import Mark
 from builder.profile.types import (
+    MAX_MEMORY,
     Bool,
     CheckContext,
     Choice,
@@ -21,6 +22,7 @@ from builder.profile.types import (
     ListOf,
     MapOf,
     Name,
+    OverlayFolder,
     Path,
     Record,
     Ref,
@@ -183,7 +185,7 @@ OS = Record(
               default="http://deb.debian.org/debian", only_when=("kind", ("system", "rescue"))),
         Field("packages", ListOf(PACKAGE, unique=True), "extra Debian packages", default=[],
               only_when=("kind", ("system", "rescue"))),
-        Field("overlays", ListOf(Path(directory=True)), "extra overlay folders (Jinja2 file trees)", default=[],
+        Field("overlays", ListOf(OverlayFolder()), "extra overlay folders (Jinja2 file trees)", default=[],
               only_when=("kind", ("system", "rescue"))),
         Field("cmdline", ListOf(Str(r"\S+", "a kernel argument")), "extra kernel arguments", default=[],
               only_when=("kind", ("system", "rescue"))),  # an ISO's kernel line is its loopback.cfg's
@@ -201,7 +203,7 @@ ROLE = Record(
         Field("os", ListOf(Ref("oses"), single_ok=True, unique=True, min_items=1),
               "operating systems in boot-menu order; the first is the default", required=True),
         Field("packages", ListOf(PACKAGE, unique=True), "extra Debian packages on this role's hosts", default=[]),
-        Field("overlays", ListOf(Path(directory=True)), "extra overlay folders", default=[]),
+        Field("overlays", ListOf(OverlayFolder()), "extra overlay folders", default=[]),
         Field("exports", MapOf(Str(r"/\S*", "an absolute path"), what="export"),
               "paths the fused agent exports: name → path (seen at /n/<host>/fs/<name>)", default={}),
         Field("volumes", MapOf(VOLUME, key=VOLUME_NAME, what="volume"),
@@ -226,7 +228,7 @@ HOST = Record(
               "by default the next free one of cluster.network.lan. A cloud image's host is always dhcp: "
               "it takes its provider's network"),
         Field("packages", ListOf(PACKAGE, unique=True), "extra Debian packages on this host", default=[]),
-        Field("overlays", ListOf(Path(directory=True)), "extra overlay folders", default=[]),
+        Field("overlays", ListOf(OverlayFolder()), "extra overlay folders", default=[]),
     ],
 )
 
@@ -275,7 +277,7 @@ BOARD = Record(
               "the firmware QEMU runs: OVMF, OVMF with Secure Boot enforced (Microsoft's keys), or SeaBIOS",
               required=True),
         Field("cpus", Int(1, 64), "logical CPUs", default=2),
-        Field("memory", Size(), "memory", default=2 * 1024**3),
+        Field("memory", Size(MAX_MEMORY, "machine's memory"), "memory", default=2 * 1024**3),
         Field("dmi", Record("DMI/SMBIOS identity", [
             Field("vendor", Str(max_length=64), "system manufacturer (SMBIOS type 1)", required=True),
             Field("product", Str(max_length=64), "product name (type 1)", required=True),

@@ -42,6 +42,8 @@ class Reference:
 class CheckContext:
     diag: Diagnostics
     refs: list[Reference] = field(default_factory=list)
+    # Folders no overlay may be, hold or sit in (output, cache, keys); see overlayguard.
+    guarded: list[str] = field(default_factory=list)
 
     def error(self, mark: Mark, path: str, message: str) -> Any:
         self.diag.add(mark, f"{path}: {message}" if path else message)
@@ -185,28 +187,41 @@ SIZE_DOC = (
     "a size such as `8GiB`, `500G`, `1.5TB` or a number of bytes "
     "(K/M/G/T are powers of 1000, KiB/MiB/GiB/TiB of 1024)"
 )
+# Bounds far above any real disk or machine, far below what would overflow a tool on the way
+# (sparse files, GPT, QEMU): a size beyond them is a slip, not a plan.
+MAX_DISK = 256 * 1024**4
+MAX_MEMORY = 16 * 1024**4
 SIZE_PATTERN = r"[0-9]+(\.[0-9]+)?\s*([KMGTP]i?B?|B)?"
 
 
 @dataclass
 class Size(Kind):
-    """A byte count; normalised to an integer number of bytes."""
+    """A byte count; normalised to an integer number of bytes, at most ``maximum``."""
+
+    maximum: int = MAX_DISK
+    of_what: str = "disk"
 
     def check(self, value: Any, ctx: CheckContext, path: str, mark: Mark) -> Any:
-        from core.units import UnitError, parse_size
+        from core.units import UnitError, format_size, parse_size
 
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             return self.wrong(value, ctx, path, mark)
         try:
-            return parse_size(value)
+            n = parse_size(value)
         except UnitError as e:
             return ctx.error(mark, path, f"{e} (K/M/G/T count in 1000s, KiB/MiB/GiB/TiB in 1024s)")
+        if n > self.maximum:
+            shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:37]}..."
+            return ctx.error(mark, path, f"{shown} is far beyond any real {self.of_what}; "
+                                         f"at most {format_size(self.maximum, binary=True)}")
+        return n
 
     def schema(self) -> dict[str, Any]:
-        return {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": f"^{SIZE_PATTERN}$"}]}
+        return {"anyOf": [{"type": "integer", "minimum": 0, "maximum": self.maximum},
+                          {"type": "string", "pattern": f"^{SIZE_PATTERN}$"}]}
 
     def describe(self) -> str:
-        return SIZE_DOC
+        return f"{SIZE_DOC}, at most {self.maximum // 1024**4} TiB"
 
 
 @dataclass
@@ -294,7 +309,7 @@ class Path(Kind):
     directory: bool | None = None
 
     def check(self, value: Any, ctx: CheckContext, path: str, mark: Mark) -> Any:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:  # no file name holds a NUL
             return self.wrong(value, ctx, path, mark)
         base = os.path.dirname(os.path.abspath(mark.file)) if mark.file else os.getcwd()
         full = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
@@ -313,6 +328,27 @@ class Path(Kind):
     def describe(self) -> str:
         what = {True: "a folder", False: "a file", None: "a file or folder"}[self.directory]
         return f"{what}, relative to the profile file that names it"
+
+
+@dataclass
+class OverlayFolder(Path):
+    """A folder whose whole tree is copied into images: never the build machine's own system,
+    secrets, output or cache, and holding only files, folders and links."""
+
+    directory: bool | None = True
+
+    def check(self, value: Any, ctx: CheckContext, path: str, mark: Mark) -> Any:
+        from builder.profile.overlayguard import refusal
+
+        full = super().check(value, ctx, path, mark)
+        if full is INVALID:
+            return full
+        why = refusal(full, ctx.guarded)
+        return ctx.error(mark, path, why) if why else full
+
+    def describe(self) -> str:
+        return "a folder of files for the image, relative to the profile file that names it (not `/`, " \
+               "a system folder, your home, the build's output or cache; no devices, sockets or FIFOs)"
 
 
 @dataclass

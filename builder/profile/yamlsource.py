@@ -271,4 +271,6 @@ def load_yaml_file(path: str, diagnostics: Diagnostics) -> Any:
     text = read_text(path, diagnostics)
     if text is None:
         return None
+    if not text.strip():  # whitespace only (tabs too, which YAML would call a syntax error): empty
+        return None
     return parse_yaml(text, path, diagnostics)
