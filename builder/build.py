@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cache import StageCache
+from builder.ids import settle_ids
 from builder.plan import ONHOST_PACKAGES, Plan, Stage, make_plan, onhost_version
 from builder.report import Reporter
 from builder.secrets import (
@@ -103,6 +104,7 @@ class Builder:
 
     # -- plan --------------------------------------------------------------------------
     def plan(self) -> Plan:
+        settle_ids(self.profile, self.out_dir, write=True)
         hosts = secret_owners(self.data)
         for h in hosts:
             ensure_host_secrets(self.out_dir, self.profile.name, h)

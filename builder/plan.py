@@ -362,8 +362,10 @@ def describe_plan(profile: Any, cache_dir: str | os.PathLike[str] | None = None,
                   out_dir: Path | str = "images") -> list[dict[str, Any]]:
     """The stages as rows for ``clusterctl plan``: name, kind, key, deps, and whether cached."""
     from builder.cache import StageCache
+    from builder.ids import settle_ids
     from builder.secrets import secret_owners, secrets_digest
 
+    settle_ids(profile, out_dir, write=False)  # the ids a build would give: the same keys
     digest = secrets_digest(Path(out_dir), profile.name, secret_owners(profile.model))
     plan = make_plan(profile, out_dir=out_dir, secrets_digest=digest)
     cache = StageCache(Path(cache_dir) if cache_dir else None)

@@ -212,18 +212,20 @@ class User:
     groups: tuple[str, ...]
     shell: str
     password_hash: str | None = None
+    uid: int | None = None  # the same on every host (builder/ids.py); also the private group's gid
 
     @classmethod
     def from_json(cls, value: Any, path: str) -> User:
         o = _Obj(value, path)
         u = cls(name=o.text("name"), ssh_keys=o.texts("ssh_keys"), groups=o.texts("groups"), shell=o.text("shell"),
-                password_hash=o.text("password_hash", required=False))
+                password_hash=o.text("password_hash", required=False),
+                uid=o.integer("uid") if "uid" in value else None)
         o.done()
         return u
 
     def to_json(self) -> dict[str, Any]:
-        return _out({"name": self.name, "ssh_keys": self.ssh_keys, "password_hash": self.password_hash,
-                     "groups": self.groups, "shell": self.shell})
+        return _out({"name": self.name, "uid": self.uid, "ssh_keys": self.ssh_keys,
+                     "password_hash": self.password_hash, "groups": self.groups, "shell": self.shell})
 
 
 @dataclass(frozen=True, kw_only=True)

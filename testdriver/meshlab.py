@@ -134,6 +134,8 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
     # 4 TB disk's inode tables in the background: the lab mounts without that (ext4 is fine
     # without it; e2fsck would be slower).
     data["roles"]["storage"]["volumes"]["drive"]["options"] = ["noinit_itable"]
+    # People besides the examples' admin: alice's uid assigned by the build, bob's given.
+    data["cluster"]["users"] = [{"name": "alice", "groups": []}, {"name": "bob", "uid": 2001, "groups": []}]
     # A German keyboard on the lab's screens: the test sees cluster.keymap reach the console.
     data["cluster"]["keymap"] = "de"
     hosts = (*LAB_HOSTS, FOREIGN_HOST) if foreign else LAB_HOSTS

@@ -157,6 +157,19 @@ def test_a_file_on_the_drive_is_the_same_everywhere(lab: Lab) -> None:
     assert vault.succeed("stat -c %s /srv/drive/blob").strip() == "12000000"
 
 
+def test_each_person_has_one_uid_on_every_host(lab: Lab) -> None:
+    """The build's uid ledger (builder/ids.py) reaches every host's accounts and profile.json."""
+    ledger = json.loads((lab.info["images"] / "ids.json").read_text())["users"]
+    assert ledger["bob"] == 2001 and len(set(ledger.values())) == len(ledger)
+    for h in LAB_HOSTS:
+        m = lab.machines[h]
+        seen = {u: int(m.succeed(f"id -u {u}").strip()) for u in ("admin", "alice", "bob")}
+        assert seen == {u: ledger[u] for u in seen}, (h, seen)
+        assert int(m.succeed("stat -c %u /home/alice").strip()) == ledger["alice"]
+        users = json.loads(m.succeed("cat /etc/clusterctl/profile.json"))["cluster"]["users"]
+        assert {u["name"]: u["uid"] for u in users} == {u: ledger[u] for u in seen}
+
+
 def test_df_shows_the_storage_disks_capacity(lab: Lab) -> None:
     # The profile's volume: a blank 4 TB disk of the box, formatted at first boot and mounted.
     [vol] = [e for e in lab.machines["vault"].events if e.get("event") == "volume"]

@@ -167,3 +167,20 @@ def test_a_nul_in_a_file_name_is_a_located_error(tmp_path: Path) -> None:
     assert any("include[0]: expected a file name" in e for e in errors(profile))
     profile.write_text(with_overlay("a\\0b"))
     assert any("oses.stable.overlays[0]: expected a folder" in e for e in errors(profile))
+
+
+USERS = """\
+  users:
+    - {name: alice, uid: 1500}
+    - {name: bob, uid: 1500}
+    - {name: alice}
+"""
+
+
+def test_two_users_with_one_uid_or_name_are_located_errors(tmp_path: Path) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text(GOOD.replace("  network: {lan: 10.42.0.0/24}\n", "  network: {lan: 10.42.0.0/24}\n" + USERS))
+    found = errors(profile)
+    assert any(e.startswith(f"{profile}:6:") and "cluster.users[1].uid: 1500 is also cluster.users[0]'s uid" in e
+               for e in found), found
+    assert any(e.startswith(f"{profile}:7:") and "cluster.users[2].name: alice is also" in e for e in found), found

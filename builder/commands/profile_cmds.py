@@ -99,8 +99,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.profile, args.json, build_folders(args))
     if isinstance(loaded, int):
         return loaded
-    images = plan_rows(loaded)
-    stages = _stages(loaded, args.cache_dir, args.out)
+    from builder.plan import PlanError
+
+    try:
+        images = plan_rows(loaded)
+        stages = _stages(loaded, args.cache_dir, args.out)
+    except PlanError as err:
+        print(f"clusterctl: {err}", file=sys.stderr)
+        return exitcodes.USAGE
     if args.json:
         print(json.dumps({"profile": loaded.path, "cluster": loaded.name, "images": images,
                           "stages": stages}, indent=2))

@@ -30,6 +30,7 @@ from builder.profile.types import (
     Str,
 )
 from builder.profile.yamlsource import mark_of_key
+from core.ids import FIRST_ID, LAST_ID
 
 SUITES = ("bookworm", "trixie", "sid")
 CHASSIS = ("desktop", "laptop", "mini-pc", "tower", "server", "all-in-one", "tablet", "other")
@@ -129,6 +130,9 @@ USER = Record(
     [
         Field("name", Str(r"[a-z_][a-z0-9_-]{0,31}", "a user name (lower case, up to 32 characters)"),
               "the login name", required=True),
+        Field("uid", Int(FIRST_ID, LAST_ID), "the user's uid on every host (and its own group's gid): give it "
+              "to match files a host already has; by default the first build assigns one and keeps it in "
+              "`<out>/<cluster>/ids.json`, so a rebuild, or a user added or removed, changes nobody else's"),
         Field("ssh_keys", ListOf(Str(r"(ssh-|ecdsa-|sk-)[^\n]+", "an OpenSSH public key line")),
               "OpenSSH public keys allowed to log in", default=[]),
         Field("password_hash", Str(r"\$[0-9a-z]+\$[^\n]+", "a crypt(3) hash such as $y$... or $6$..."),

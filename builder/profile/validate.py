@@ -202,6 +202,32 @@ def _raw_mark(raw: Any, path: tuple[str, ...], fallback: Mark) -> Mark:
     return mark
 
 
+def check_users(ctx: CheckContext, raw: Any, data: dict[str, Any], fallback: Mark) -> None:
+    """Two people with one name or one uid would be one person on every host's files."""
+    from builder.profile.yamlsource import mark_of_key
+
+    users = _section(data, "cluster").get("users")
+    raw_cluster = raw.get("cluster") if isinstance(raw, dict) else None
+    raw_users = raw_cluster.get("users") if isinstance(raw_cluster, dict) else None
+    if not isinstance(users, list):
+        return
+    base = _raw_mark(raw, ("cluster", "users"), fallback)
+    seen: dict[tuple[str, Any], int] = {}
+    for i, u in enumerate(users):
+        if not isinstance(u, dict):
+            continue
+        for key in ("name", "uid"):
+            value = u.get(key)
+            if value is None or value is INVALID:
+                continue
+            if (key, value) in seen:
+                mark = mark_of_key(raw_users, i, base) if isinstance(raw_users, list) else base
+                ctx.error(mark, f"cluster.users[{i}].{key}", f"{value} is also cluster.users[{seen[key, value]}]'s "
+                          f"{key}: each person needs their own")
+            else:
+                seen[key, value] = i
+
+
 def check_volumes(ctx: CheckContext, raw: Any, data: dict[str, Any], marks: dict[str, Mark]) -> None:
     namespace = _section(data, "cluster", "fusion").get("namespace", "/n")
     for name, role in _section(data, "roles").items():
@@ -249,6 +275,7 @@ def check_whole(ctx: CheckContext, raw: Any, data: dict[str, Any], boards: set[s
     check_oses(ctx, data, marks["oses"])
     check_roles(ctx, data, marks["roles"])
     check_volumes(ctx, raw, data, marks["roles"])
+    check_users(ctx, raw, data, fallback)
     check_network(ctx, raw, data, fallback)
     assign_addresses(ctx, raw, data, marks["hosts"])
     # Distinguishability needs every reference to be sound; judge it only then.

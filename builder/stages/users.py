@@ -1,8 +1,9 @@
 """Login users from the profile, written straight into the root's account files.
 
 No ``useradd`` in a chroot: the root's own /etc/passwd, group, shadow and gshadow (read from
-its tarball) are extended in Python, so the step is rootless and deterministic (uids from
-1000 in profile order) and a user change never reruns mmdebstrap.
+its tarball) are extended in Python, so the step is rootless and deterministic (uids as the
+resolved profile gives them, builder/ids.py; else from 1000 in profile order) and a user
+change never reruns mmdebstrap.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def add_users(files: dict[str, str], users: list[dict[str, Any]]) -> tuple[dict[
     passwd, group = _table(files["etc/passwd"]), _table(files["etc/group"])
     shadow, gshadow = _table(files.get("etc/shadow", "")), _table(files.get("etc/gshadow", ""))
     used_ids = {int(r[2]) for r in passwd} | {int(r[2]) for r in group}
+    used_ids |= {int(u["uid"]) for u in users if u.get("uid") is not None}  # the cluster's, see builder/ids.py
 
     def next_id() -> int:
         i = 1000
@@ -52,7 +54,7 @@ def add_users(files: dict[str, str], users: list[dict[str, Any]]) -> tuple[dict[
             uid, gid = int(existing[2]), int(existing[3])
             existing[5], existing[6] = home, shell
         else:
-            uid = next_id()
+            uid = int(u["uid"]) if u.get("uid") is not None else next_id()
             gid = uid
             passwd.append([name, "x", str(uid), str(gid), name, home, shell])
             group.append([name, "x", str(gid), ""])
