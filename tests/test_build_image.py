@@ -47,9 +47,12 @@ class BuildRun:
     """``clusterctl build --json`` as a child process whose stage events can be awaited."""
 
     def __init__(self, profile: Path, out: Path, cache: Path) -> None:
+        # Ctrl-C as a person's terminal sends it: a suite started in the background (`cmd &` from a
+        # script) ignores SIGINT, and a Python started so keeps ignoring it; the build must not.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "builder", "build", str(profile), "--out", str(out), "--cache-dir", str(cache),
-             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.events: list[dict[str, Any]] = []
 
     def wait_start(self, kind: str, timeout: float = 900) -> dict[str, Any]:
