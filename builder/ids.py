@@ -20,6 +20,7 @@ from builder.plan import PlanError
 from core.ids import FIRST_ID, LAST_ID
 
 LEDGER = "ids.json"
+RECOVER = "restore it from a backup, or remove it to assign ids in profile order again"
 
 
 class IdsError(PlanError):
@@ -37,13 +38,11 @@ def read_ledger(path: Path) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise IdsError(f"{path}: not readable as the cluster's uid ledger ({e}); restore it from a backup, "
-                       "or remove it to assign ids in profile order again") from None
+        raise IdsError(f"{path}: not readable as the cluster's uid ledger ({e}); {RECOVER}") from None
     users = raw.get("users") if isinstance(raw, dict) else None
     if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                                               for k, v in users.items()):
-        raise IdsError(f'{path}: expected {{"users": {{NAME: UID, ...}}}}; restore it from a backup, or remove '
-                       "it to assign ids in profile order again")
+        raise IdsError(f'{path}: expected {{"users": {{NAME: UID, ...}}}}; {RECOVER}')
     return dict(users)
 
 

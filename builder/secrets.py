@@ -124,13 +124,16 @@ class IdentityRefused(ValueError):
     """The CA cannot give a host its identity (sealed, unreadable, another cluster's): exit 2."""
 
 
+def named_ca_dir(ca_dir: Path | str | None = None) -> Path | None:
+    """The CA folder the user named: the build option, else $CLUSTERCTL_CA_DIR; None for the default."""
+    named = ca_dir or os.environ.get("CLUSTERCTL_CA_DIR")
+    return Path(named) if named else None
+
+
 def ca_dir_for(cluster: str, ca_dir: Path | str | None = None) -> Path:
     """The cluster CA's folder: the build option, else $CLUSTERCTL_CA_DIR, else the user's
     config dir (~/.config/clusterctl/<cluster>/ca)."""
-    if ca_dir:
-        return Path(ca_dir)
-    env = os.environ.get("CLUSTERCTL_CA_DIR")
-    return Path(env) if env else ident.default_ca_dir(cluster)
+    return named_ca_dir(ca_dir) or ident.default_ca_dir(cluster)
 
 
 def identity_dir(out_dir: Path, cluster: str, host: str) -> Path:

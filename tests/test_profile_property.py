@@ -5,10 +5,6 @@ Never a traceback, never an unlocated message, whatever the mutation does to the
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.cli import main
+from tests.test_profile_shapes import check_document
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "profiles" / "dual-nano-itx.yaml").read_text())
-LOCATED = re.compile(r"^\S+:\d+:\d+: \S.*$")
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10, 10**12), st.floats(allow_nan=False, allow_infinity=False),
@@ -66,15 +61,4 @@ def mutated_profiles(draw: st.DrawFn) -> Any:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_profiles())
 def test_mutations_validate_or_fail_located(data: Any) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "p.yaml"
-        path.write_text(yaml.safe_dump(data))
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            status = main(["validate", str(path)])
-        assert status in (0, 2)
-        if status == 2:
-            lines = err.getvalue().splitlines()
-            assert lines[-1].startswith("clusterctl: ")
-            for line in lines[:-1]:
-                assert LOCATED.match(line), line
+    check_document(data, lambda p: ["validate", p])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,10 +32,11 @@ def build_folders(args: argparse.Namespace) -> list[str]:
     """The folders a build with these options writes or reads secrets from (its output, its
     stage cache, a CA folder named outside the default config folder): no overlay may touch them."""
     from builder.cache import DEFAULT_DIR
+    from builder.secrets import named_ca_dir
 
     out = [getattr(args, "out", None) or "images", getattr(args, "cache_dir", None) or str(DEFAULT_DIR)]
-    ca = getattr(args, "ca_dir", None) or os.environ.get("CLUSTERCTL_CA_DIR")
-    return out + ([ca] if ca else [])
+    ca = named_ca_dir(getattr(args, "ca_dir", None))
+    return out + ([str(ca)] if ca else [])
 
 
 def load_or_report(path: str, as_json: bool = False, guarded: Sequence[str] = ()) -> Profile | int:

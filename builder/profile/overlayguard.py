@@ -24,15 +24,13 @@ SEALED_FOLDERS = ("/boot", "/dev", "/etc", "/proc", "/run", "/sys")
 PRIVATE_IN_HOME = (".ssh", ".gnupg", ".config", ".local/share/keyrings", ".password-store", ".aws", ".kube",
                    ".cache/clusterctl")
 SPECIAL_SHOWN = 3  # special files named in the message; the rest are counted
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+SPECIAL_KINDS = {stat.S_IFCHR: "a device", stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket",
+                 stat.S_IFIFO: "a FIFO"}
 
 
 def _home() -> str | None:
-    home = os.environ.get("HOME") or os.path.expanduser("~")
-    return os.path.realpath(home) if home and home != "~" else None
+    home = os.path.expanduser("~")  # $HOME, else the password database
+    return os.path.realpath(home) if home != "~" else None
 
 
 def guarded_folders(extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
@@ -54,14 +52,14 @@ def refusal(folder: str, guarded: Sequence[str]) -> str | None:
         what = "your home folder" if real == home else "a system folder"
         return f"{shown} is {what}: an overlay's whole tree is copied into the image (make a folder with " \
                "only the files the hosts need)"
-    sealed = next((s for s in SEALED_FOLDERS if _inside(real, s)), None)
+    sealed = next((s for s in SEALED_FOLDERS if Path(real).is_relative_to(s)), None)
     if sealed:
         return f"{shown} is inside {sealed}, the build machine's own live system or secrets: copy the " \
                "files the hosts need into a folder of their own"
     for g in guarded:
-        if _inside(real, g):
+        if Path(real).is_relative_to(g):
             return f"{shown} is inside {g}, which holds the build's output, cache or keys"
-        if _inside(g, real):
+        if Path(g).is_relative_to(real):
             return f"{shown} holds {g} (the build's output, cache or keys), which would be copied into the image"
     return _special_files(real, shown)
 
@@ -70,18 +68,16 @@ def _special_files(real: str, shown: str) -> str | None:
     """Device nodes, sockets and FIFOs in the tree (symbolic links are copied as links, not followed)."""
     found: list[str] = []
     count = 0
-    for top, dirs, files in os.walk(real, onerror=None, followlinks=False):
+    for top, dirs, files in os.walk(real):
         for name in dirs + files:
             path = os.path.join(top, name)
             try:
-                mode = os.lstat(path).st_mode
+                kind = SPECIAL_KINDS.get(stat.S_IFMT(os.lstat(path).st_mode))
             except OSError:
                 continue
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+            if kind:
                 count += 1
                 if len(found) < SPECIAL_SHOWN:
-                    kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                            else "a socket" if stat.S_ISSOCK(mode) else "a FIFO")
                     found.append(f"{Path(path).relative_to(real)} ({kind})")
     if not count:
         return None
