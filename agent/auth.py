@@ -230,6 +230,8 @@ class Gate(asyncio.Protocol):
         conn.connection_made(self.transport)
         if hasattr(conn, "peer"):
             conn.peer = f"{self.hs.peer.host}@{self.where}"
+        if hasattr(conn, "admitted"):
+            conn.admitted = self.hs.peer.host
         self._event("admitted", host=self.hs.peer.host)
         rest = bytes(self.hs.buf)
         if rest and isinstance(conn, asyncio.BufferedProtocol):

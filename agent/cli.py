@@ -37,6 +37,11 @@ def add_commands(sub: Any) -> None:
                    help="let ctl files run commands of this kind: event, refresh, svc (repeatable or comma list)")
     s.add_argument("--msize", type=int, default=1 << 20, help="largest message size to agree to (default 1 MiB)")
     s.add_argument("--hostname", help="host name to report (default: this host's)")
+    s.add_argument("--person", action="append", default=[], metavar="NAME=UID",
+                   help="act as each attaching person (repeatable; needs --identity and root): NAME=UID's "
+                        "requests run with that uid, root's and other uids' as nobody")
+    s.add_argument("--trust-root", action="append", default=[], metavar="EXPORT",
+                   help="with --person: a peer's root stays root in this export (repeatable)")
     s.set_defaults(func=_serve)
 
     m = sub.add_parser("mount", help="mount a 9P2000.L server with FUSE (no 9p kernel module needed)",
@@ -160,11 +165,12 @@ def _serve(args: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"--ctl-allow {','.join(bad)}: known: {', '.join(CTL_CAPABILITIES)}")
         gate, host = _gate(args.identity) if args.identity is not None else (None, None)
+        people = _people(args.person, args.trust_root, names, args.identity is not None)
     except UsageError as exc:
         return _usage(str(exc))
     try:
         return run(exports, listen, ctl_allow=caps, max_msize=args.msize, hostname=args.hostname or host,
-                   gate=gate)
+                   gate=gate, people=people)
     except OSError as exc:
         print(f"clusterctl agent serve: {exc}", file=sys.stderr)
         return 1
@@ -205,6 +211,31 @@ def _mount(args: argparse.Namespace) -> int:
     except (OSError, ConnectionError) as exc:
         print(f"clusterctl agent mount: {exc}", file=sys.stderr)
         return 1
+
+
+def _people(specs: list[str], trust_root: list[str], exports: list[str], authenticated: bool) -> Any:
+    """--person NAME=UID ... and --trust-root EXPORT ... as the server's People, or None."""
+    from agent.ninep import creds
+    from agent.service import UsageError
+
+    if not specs:
+        if trust_root:
+            raise UsageError("--trust-root means something only with --person")
+        return None
+    if not authenticated:
+        raise UsageError("--person needs --identity: a person's attach is taken only from a host the CA vouched for")
+    if not creds.can_switch():
+        raise UsageError("--person needs root (the server switches to each person's uid)")
+    people: dict[int, str] = {}
+    for spec in specs:
+        name, sep, uid = spec.partition("=")
+        if not sep or not name or not uid.isdigit() or not 0 < int(uid) < 0xFFFFFFFF:
+            raise UsageError(f"--person {spec!r}: expected NAME=UID, with a uid above 0")
+        people[int(uid)] = name
+    unknown = [t for t in trust_root if t not in exports]
+    if unknown:
+        raise UsageError(f"--trust-root {', '.join(unknown)}: not an export here (exports: {', '.join(exports)})")
+    return creds.People(people, trust_root)
 
 
 def _gate(directory: str) -> tuple[Any, str]:

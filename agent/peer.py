@@ -80,7 +80,10 @@ def kernel_mount_argv(fd: int, host: str, *, msize: int = 1 << 20, aname: str = 
         raise ValueError(f"msize must be {proto.MIN_MSIZE}..{proto.MAX_MSIZE}")
     if fd < 0:
         raise ValueError("a descriptor is not negative")
-    options = [f"trans=fd,rfdno={fd},wfdno={fd}", "version=9p2000.L", f"msize={msize}", "nosuid", "nodev"]
+    # access=user: one attach per local user, naming their uid, so the server acts as each
+    # person (agent.ninep.creds) and its permissions apply, not the mounting root's.
+    options = [f"trans=fd,rfdno={fd},wfdno={fd}", "version=9p2000.L", f"msize={msize}", "access=user",
+               "nosuid", "nodev"]
     if aname:
         if "," in aname:
             raise ValueError("an attach name may not contain ','")

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.eventbus import EventBus
 from agent.namespace import AgentNamespace
+from agent.ninep.creds import People
 from agent.ninep.localfs import Export
 from agent.ninep.server import Server, split_address
 from agent.state import svc
@@ -112,12 +113,13 @@ async def poll_units(bus: EventBus) -> None:
 async def serve(exports: list[Export], listen: list[str], *, ctl_allow: Iterable[str] = (),
                 max_msize: int = 1 << 20, hostname: str | None = None,
                 started: asyncio.Future[list[str]] | None = None,
-                gate: Callable[..., asyncio.BaseProtocol] | None = None) -> None:
+                gate: Callable[..., asyncio.BaseProtocol] | None = None,
+                people: People | None = None) -> None:
     bus = EventBus()
     holder: dict[str, Server] = {}
     ns = AgentNamespace(exports, bus, ctl_allow, hostname,
                         connections=lambda: len(holder["server"].connections) if holder else 0)
-    server = Server(ns, max_msize=max_msize, on_event=bus.publish, gate=gate)
+    server = Server(ns, max_msize=max_msize, on_event=bus.publish, gate=gate, people=people)
     holder["server"] = server
     listeners = [await server.listen(a) for a in listen]
     addresses = [a for lst in listeners for a in bound_addresses(lst)]

@@ -372,6 +372,7 @@ class Role:
     exports: Mapping[str, str]
     volumes: Mapping[str, Volume]
     match: HostSelector
+    trust_root: tuple[str, ...]  # exports where a peer's root stays root (agent.ninep.creds)
     description: str | None = None
     extends: str | None = None  # merged away by composition; kept should a document carry it
 
@@ -381,14 +382,14 @@ class Role:
         r = cls(extends=o.text("extends", required=False), description=o.text("description", required=False),
                 os=o.texts("os"), packages=o.texts("packages"), overlays=o.texts("overlays"),
                 exports=o.named("exports", _str_value), volumes=o.named("volumes", Volume.from_json),
-                match=o.open("match"))
+                match=o.open("match"), trust_root=o.texts("trust_root"))
         o.done()
         return r
 
     def to_json(self) -> dict[str, Any]:
         return _out({"extends": self.extends, "description": self.description, "os": self.os,
                      "packages": self.packages, "overlays": self.overlays, "exports": dict(self.exports),
-                     "volumes": {k: v.to_json() for k, v in self.volumes.items()},
+                     "trust_root": self.trust_root, "volumes": {k: v.to_json() for k, v in self.volumes.items()},
                      "match": copy.deepcopy(self.match)})
 
 

@@ -91,7 +91,10 @@ def peer_is(peer: str, state: str) -> Callable[[dict[str, Any]], bool]:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Path], str]]:
     cluster = f"lab{os.getpid()}"
-    roles = {"store": {"exports": {"drive": str(tmp_path / "drive")}}, "screen": {"exports": {}}}
+    # The FUSE client (this machine has no 9p module) attaches once, as the mounting root: the
+    # store trusts a peer's root in its drive, or root would be nobody there (agent.ninep.creds).
+    roles = {"store": {"exports": {"drive": str(tmp_path / "drive")}, "trust_root": ["drive"]},
+             "screen": {"exports": {}}}
     etcs = make_cluster(tmp_path, cluster, {"alpha": "store", "beta": "screen"}, roles,
                         fusion={"seeds": [], "port": PORT})
     net = mesh_prefix(cluster)

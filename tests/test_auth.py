@@ -341,7 +341,7 @@ print(proto.NAMES[mtype])
 def test_kernel_mount_argv() -> None:
     # The mount itself needs the 9p module, which this machine's kernel lacks: only the argv.
     assert kernel_mount_argv(5, "left", msize=262144) == [
-        "mount", "-t", "9p", "-o", "trans=fd,rfdno=5,wfdno=5,version=9p2000.L,msize=262144,nosuid,nodev",
+        "mount", "-t", "9p", "-o", "trans=fd,rfdno=5,wfdno=5,version=9p2000.L,msize=262144,access=user,nosuid,nodev",
         "none", "/n/left"]
     argv = kernel_mount_argv(7, "right", aname="fs/home", mountpoint="/mnt/x")
     assert argv[4].endswith(",aname=fs/home") and argv[-1] == "/mnt/x"

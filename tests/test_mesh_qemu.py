@@ -36,6 +36,7 @@ pytestmark = pytest.mark.slow
 BOOT = 600.0  # three TCG guests share two cores: a boot to `ready` takes minutes
 MESH = 300.0  # from ready until every peer is mounted
 FOUR_TB = 4 * 10**12
+BLOB = "/n/vault/fs/drive/alice/blob"
 
 
 def cache_dir(tmp: Path) -> Path:
@@ -145,16 +146,46 @@ def test_each_host_sees_the_others(lab: Lab) -> None:
             assert m.succeed(f"ls /n/{o}/fs/").split() == (["drive"] if o == "vault" else ["home"]), (h, o)
 
 
+AS_ALICE = "runuser -u alice -- "
+
+
 def test_a_file_on_the_drive_is_the_same_everywhere(lab: Lab) -> None:
     w1, w2, vault = (lab.machines[h] for h in ("wall-1", "wall-2", "vault"))
-    made = w1.succeed("head -c 12000000 /dev/urandom > /tmp/blob && sha256sum < /tmp/blob && "
-                      "cp /tmp/blob /n/vault/fs/drive/blob && sync && sha256sum < /n/vault/fs/drive/blob",
+    # The fresh drive gave each person a private folder (a peer's root is nobody there).
+    assert vault.succeed("stat -c '%U %a' /srv/drive/alice").split() == ["alice", "700"]
+    made = w1.succeed(f"head -c 12000000 /dev/urandom > /tmp/blob && sha256sum < /tmp/blob && "
+                      f"{AS_ALICE} cp /tmp/blob {BLOB} && sync && {AS_ALICE} sha256sum {BLOB}",
                       timeout=180).split()
     digest = made[0]
     assert made[2] == digest  # written through, read back on the writer
-    assert w2.succeed("sha256sum < /n/vault/fs/drive/blob", timeout=180).split()[0] == digest
-    assert vault.succeed("sha256sum < /srv/drive/blob", timeout=60).split()[0] == digest
-    assert vault.succeed("stat -c %s /srv/drive/blob").strip() == "12000000"
+    assert w2.succeed(f"{AS_ALICE} sha256sum {BLOB}", timeout=180).split()[0] == digest
+    assert vault.succeed("sha256sum < /srv/drive/alice/blob", timeout=60).split()[0] == digest
+    assert vault.succeed("stat -c %s /srv/drive/alice/blob").strip() == "12000000"
+
+
+def test_each_person_acts_as_themselves_on_the_drive(lab: Lab) -> None:
+    """Per-person 9P (access=user; the agent switches to the attaching person's uid, groups):
+    permissions on vault apply as if the person were logged in there."""
+    w1, vault = lab.machines["wall-1"], lab.machines["vault"]
+    vault.succeed("printf 'only bob\\n' > /srv/drive/bob-only && chown bob:bob /srv/drive/bob-only && "
+                  "chmod 600 /srv/drive/bob-only && printf 'only root\\n' > /srv/drive/root-only && "
+                  "chmod 600 /srv/drive/root-only")
+    # alice writes and reads her own files; what she makes is hers on vault.
+    w1.succeed(f"{AS_ALICE} sh -c 'echo from wall-1 > /n/vault/fs/drive/alice/note && mkdir /n/vault/fs/drive/alice/d'")
+    assert w1.succeed(f"{AS_ALICE} cat /n/vault/fs/drive/alice/note").strip() == "from wall-1"
+    owners = vault.succeed("stat -c '%U:%G' /srv/drive/alice/note /srv/drive/alice/d").split()
+    assert owners == ["alice:alice", "alice:alice"], owners
+    # bob's 0600 file: EACCES for alice; bob reads it from wall-1.
+    denied = w1.run_shell(f"{AS_ALICE} cat /n/vault/fs/drive/bob-only", timeout=60)
+    assert denied.status != 0 and "Permission denied" in denied.err, denied
+    assert w1.succeed("runuser -u bob -- cat /n/vault/fs/drive/bob-only").strip() == "only bob"
+    # bob may not look into alice's private folder.
+    assert w1.run_shell("runuser -u bob -- ls /n/vault/fs/drive/alice", timeout=60).status != 0
+    # root on wall-1 is nobody in vault's drive: no root-only file, no writing into alice's.
+    root_read = w1.run_shell("cat /n/vault/fs/drive/root-only", timeout=60)
+    assert root_read.status != 0 and "Permission denied" in root_read.err, root_read
+    assert w1.run_shell("touch /n/vault/fs/drive/alice/from-root", timeout=60).status != 0
+    assert vault.succeed("ls /srv/drive/alice").split() == ["blob", "d", "note"]
 
 
 def test_each_person_has_one_uid_on_every_host(lab: Lab) -> None:
@@ -222,7 +253,7 @@ def test_pulling_the_active_ports_cable_moves_the_traffic_to_the_other(lab: Lab)
     vault_m.set_link(nic, up=False)
     try:
         # Reads go on: each finishes (no hang past t's limit) and the mount is never lost.
-        r = w1.run_shell("for i in $(seq 20); do head -c 65536 /n/vault/fs/drive/blob > /dev/null || exit 1; "
+        r = w1.run_shell(f"for i in $(seq 20); do {AS_ALICE} head -c 65536 {BLOB} > /dev/null || exit 1; "
                          "sleep 0.5; done", timeout=120, limit=110)
         assert r.status == 0, r
         now = active_port(vault)
@@ -238,16 +269,16 @@ def test_pulling_the_active_ports_cable_moves_the_traffic_to_the_other(lab: Lab)
 
 def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> None:
     w1 = lab.machines["wall-1"]
-    w1.succeed("head -c 4096 /n/vault/fs/drive/blob > /dev/null")
+    w1.succeed(f"{AS_ALICE} head -c 4096 {BLOB} > /dev/null")
     vault_m, w1m = lab.machines["vault"], lab.machines["wall-1"]
     ports = range(CABLED["vault"])  # the box is off the LAN only when both its cables are out
     seen = len(w1m.events)
     for nic in ports:
         vault_m.set_link(nic, up=False)
     # Read until a read fails; the guest times it (ms). A hang would end at t's own limit.
-    r = w1.run_shell("s=$(date +%s%N); while head -c 4096 /n/vault/fs/drive/blob >/dev/null 2>&1; do sleep 0.2; "
-                     "done; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); "
-                     "timeout 15 cat /n/vault/fs/drive/blob >/dev/null; echo rc=$?", timeout=90, limit=60)
+    r = w1.run_shell(f"s=$(date +%s%N); while {AS_ALICE} head -c 4096 {BLOB} >/dev/null 2>&1; do sleep 0.2; "
+                     f"done; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); "
+                     f"timeout 15 {AS_ALICE} cat {BLOB} >/dev/null; echo rc=$?", timeout=90, limit=60)
     assert r.status == 0, r
     lines = r.out.split()
     failed_after_ms, last = int(lines[0]), lines[1]
@@ -259,8 +290,8 @@ def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> N
     for nic in ports:
         vault_m.set_link(nic, up=True)
     wait_until(w1m, lambda ev: "vault" in mounted(ev[seen:]), "vault mounted again", 120)
-    digest = lab.machines["vault"].succeed("sha256sum < /srv/drive/blob").split()[0]
-    assert w1.succeed("sha256sum < /n/vault/fs/drive/blob", timeout=120).split()[0] == digest
+    digest = lab.machines["vault"].succeed("sha256sum < /srv/drive/alice/blob").split()[0]
+    assert w1.succeed(f"{AS_ALICE} sha256sum {BLOB}", timeout=120).split()[0] == digest
 
 
 def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
@@ -284,7 +315,7 @@ def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
     assert not [e for e in stranger.events if e.get("event") == "peer" and e.get("state") == "mounted"]
     mounts = stranger.succeed("cat /proc/mounts")
     assert not [ln for ln in mounts.splitlines() if " /n/" in ln], mounts
-    stranger.fail("cat /n/vault/fs/drive/blob > /dev/null", timeout=60)
+    stranger.fail(f"cat {BLOB} > /dev/null", timeout=60)
     for h in ("wall-1", "vault"):
         other = lab.machines[h]
         assert FOREIGN_HOST not in other.succeed("ls /n/cluster/").split()
@@ -293,7 +324,7 @@ def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
         assert FOREIGN_HOST not in other.succeed("clusterctl status")
         assert f" /n/{FOREIGN_HOST} " not in other.succeed("cat /proc/mounts")
     # The members still see each other.
-    assert "blob" in lab.machines["wall-1"].succeed("ls /n/vault/fs/drive/")
+    assert "blob" in lab.machines["wall-1"].succeed(f"{AS_ALICE} ls /n/vault/fs/drive/alice/")
 
 
 def selector_view(inv: dict[str, Any]) -> dict[str, Any]:

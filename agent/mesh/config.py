@@ -53,6 +53,8 @@ class AgentConfig:
     seeds: list[str]
     wg_port: int = WG_PORT
     lan: str | None = None
+    people: dict[int, str] = field(default_factory=dict)  # uid → name: the cluster's users
+    trust_root: tuple[str, ...] = ()  # this role's exports where a peer's root stays root
 
     @property
     def mesh(self) -> ipaddress.IPv6Address:
@@ -151,7 +153,10 @@ def load(etc: Path = ETC) -> AgentConfig:
         members[host] = Member(host, ident.address, ident.wg_public, facts.get("role"),
                                facts.get("address"), role_exports(profile, facts.get("role")))
     fusion = profile.cluster.fusion
+    own_role = profile.roles.get(facts.get("role") or "")
     return AgentConfig(
         host=host, role=facts.get("role"), cluster=ident.cluster, identity_dir=ident_dir, identity=ident,
         prefix=prefix, exports=role_exports(profile, facts.get("role")), members=members,
-        namespace=Path(fusion.namespace), port=fusion.port, seeds=list(fusion.seeds), lan=facts.get("address"))
+        namespace=Path(fusion.namespace), port=fusion.port, seeds=list(fusion.seeds), lan=facts.get("address"),
+        people={u.uid: u.name for u in profile.cluster.users if u.uid is not None},
+        trust_root=own_role.trust_root if own_role else ())

@@ -25,6 +25,7 @@ from agent.mesh.members import RUN, Membership
 from agent.mesh.mounts import FuseMount, KernelMount, clear_stale
 from agent.mesh.supervisor import PeerSupervisor
 from agent.mesh.wireguard import WireGuard
+from agent.ninep.creds import People, can_switch, person_creds
 from agent.ninep.localfs import Export
 from core import events
 
@@ -41,11 +42,37 @@ def exports_of(cfg: AgentConfig) -> list[Export]:
     out = []
     for name, path in sorted(cfg.exports.items()):
         Path(path).mkdir(parents=True, exist_ok=True)
+        made = person_folders(Path(path), cfg.people)
+        if made:
+            events.emit("export", host=cfg.host, export=name, state="person-folders", folders=made)
         try:
             out.append(parse_export(f"{name}={path}:rw"))
         except UsageError as exc:
             raise ConfigError(f"profile.json: roles.{cfg.role}.exports: {exc}") from None
     return out
+
+
+def person_folders(path: Path, people: dict[int, str]) -> list[str]:
+    """An export with nothing in it yet (a fresh drive: lost+found at most) gets a private
+    folder per person, theirs, since a peer's root may not write there (agent.ninep.creds).
+    An export with anything in it is the owner's to arrange and is left alone."""
+    try:
+        if any(p.name != "lost+found" for p in path.iterdir()):
+            return []
+    except OSError:
+        return []
+    made = []
+    for uid, name in sorted(people.items()):
+        who = person_creds(name, uid)
+        folder = path / name
+        try:
+            folder.mkdir(mode=0o700)
+            os.chown(folder, who.uid, who.gid)
+        except OSError as exc:
+            events.emit("error", stage="export", message=f"{folder}: {exc}")
+            continue
+        made.append(name)
+    return made
 
 
 class Agent:
@@ -89,6 +116,15 @@ class Agent:
 
     def gate(self) -> Callable[[Callable[[], asyncio.BaseProtocol], Callable[..., Any]], Gate]:
         return lambda make, on_event: Gate(self.cfg.identity, make, self._gate_event(on_event))
+
+    def people(self) -> People | None:
+        """Each person acts as themselves in the exports (agent.ninep.creds); where switching
+        credentials is impossible (not root: tests on a build machine) the server acts as itself."""
+        if not can_switch():
+            events.emit("error", stage="agent", host=self.cfg.host,
+                        message="not root: peers act with the agent's own rights in the exports")
+            return None
+        return People(self.cfg.people, self.cfg.trust_root)
 
     # -- discovery ---------------------------------------------------------------------
     def advert_seen(self, ad: discovery.Advert) -> None:
@@ -169,7 +205,7 @@ class Agent:
         self.members.link_namespace()
         started: asyncio.Future[list[str]] = loop.create_future()
         server = loop.create_task(serve(exports, [self.listen], hostname=cfg.host, gate=self.gate(),
-                                        started=started))
+                                        started=started, people=self.people()))
         self.tasks.append(server)
         done, _ = await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
         if server in done:

@@ -50,10 +50,11 @@ class Namespace(Protocol):
 
 
 class Fid:
-    __slots__ = ("dirents", "handle", "isdir", "node", "xattr_data", "xattr_new")
+    __slots__ = ("dirents", "handle", "isdir", "node", "uid", "xattr_data", "xattr_new")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, uid: int = -1) -> None:
         self.node = node
+        self.uid = uid  # the attaching user's n_uname, carried to every fid walked from it
         self.handle: Handle | None = None
         self.isdir = False
         self.xattr_data: bytes | None = None
@@ -82,6 +83,7 @@ class Handlers:
     fids: dict[int, Fid]
     waiting: dict[int, asyncio.Task[None]]
     transport: asyncio.Transport | None
+    admitted: str | None
     spare_bufs: list[bytearray]
     sent_bufs: list[bytearray]
 
@@ -143,7 +145,10 @@ class Handlers:
         if self.server.authenticate is not None:
             self.server.authenticate(req["uname"], req["aname"], req["n_uname"])
         node = self.server.namespace.attach(req["aname"], req["uname"], req["n_uname"])
-        self.fids[req["fid"]] = Fid(node)
+        uid = req["n_uname"]
+        if self.server.people is not None and self.admitted is None:
+            uid = -1  # a person's attach is taken only from a host the cluster's CA vouched for
+        self.fids[req["fid"]] = Fid(node, uid)
         return _qid_reply(proto.RATTACH, tag, node.qid())
 
     def t_flush(self, tag: int, body: memoryview) -> bytes | Coroutine[Any, Any, bytes]:
@@ -188,7 +193,7 @@ class Handlers:
             if newfid == fid:
                 f.node = node
             else:
-                self.fids[newfid] = Fid(node)
+                self.fids[newfid] = Fid(node, f.uid)
         body_out = struct.pack("<H", len(qids)) + b"".join(qids)
         return HEADER.pack(HEADER_SIZE + len(body_out), proto.RWALK, tag) + body_out
 
@@ -468,7 +473,7 @@ class Handlers:
         else:
             names = f.node.xattr_list()
             data = b"".join(os.fsencode(n) + b"\0" for n in names)
-        nf = Fid(f.node)
+        nf = Fid(f.node, f.uid)
         nf.xattr_data = data
         self.fids[req["newfid"]] = nf
         return encode(proto.RXATTRWALK, tag, size=len(data))

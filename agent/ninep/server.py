@@ -21,8 +21,9 @@ import struct
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from agent.ninep import proto
+from agent.ninep import creds, proto
 from agent.ninep.handlers import MAX_FIDS, MAX_WAITING, Fid, Handlers, Namespace, lerror
+from agent.ninep.localfs import LocalNode
 from agent.ninep.node import Node, fail
 from agent.ninep.proto import HEADER, HEADER_SIZE, ProtocolError
 
@@ -36,6 +37,8 @@ SEND_BUFFER = 4 << 20
 WRITE_HIGH = 256 * 1024  # replies queued in user space before we stop handling requests
 
 _U32 = struct.Struct("<I")
+# Requests whose body does not start with a fid.
+_NO_FID = frozenset((proto.TVERSION, proto.TAUTH, proto.TATTACH, proto.TFLUSH))
 
 
 class Server:
@@ -45,7 +48,7 @@ class Server:
                  authenticate: Callable[[str, str, int], None] | None = None,
                  on_event: Callable[..., Any] | None = None,
                  gate: Callable[[Callable[[], Connection], Callable[..., None]], asyncio.BaseProtocol]
-                 | None = None) -> None:
+                 | None = None, people: creds.People | None = None) -> None:
         if not proto.MIN_MSIZE <= max_msize <= proto.MAX_MSIZE:
             raise ValueError(f"max msize must be {proto.MIN_MSIZE}..{proto.MAX_MSIZE}")
         self.namespace = namespace
@@ -54,6 +57,11 @@ class Server:
         self.on_event = on_event
         # Wraps each new connection (agent.auth: the handshake runs before the 9P loop).
         self.gate = gate
+        # With people, each request on an exported file runs as the person who attached
+        # (agent.ninep.creds); without, as the server itself.
+        if people is not None and not creds.can_switch():
+            raise ValueError("acting as each person needs root (CAP_SETUID, CAP_SETGID)")
+        self.people = people
         self.connections: set[Connection] = set()
         raise_fd_limit()
 
@@ -119,6 +127,7 @@ class Connection(Handlers, asyncio.BufferedProtocol):
         self.paused_read = False
         self.closed = False
         self.peer = "?"
+        self.admitted: str | None = None  # the host the handshake admitted (agent.auth)
         h: dict[int, Callable[[int, memoryview], Any]] = {
             proto.TVERSION: self.t_version, proto.TAUTH: self.t_auth, proto.TATTACH: self.t_attach,
             proto.TFLUSH: self.t_flush, proto.TWALK: self.t_walk, proto.TREAD: self.t_read,
@@ -268,7 +277,10 @@ class Connection(Handlers, asyncio.BufferedProtocol):
                 raise fail(errno.EOPNOTSUPP, f"message type {mtype}")
             if not self.versioned and mtype != proto.TVERSION:
                 raise fail(errno.EPROTO, "no Tversion yet")
-            out = handler(tag, body)
+            if self.server.people is not None and mtype not in _NO_FID:
+                out = self._as_person(handler, tag, body)
+            else:
+                out = handler(tag, body)
         except OSError as exc:
             out = lerror(tag, exc.errno or errno.EIO)
         except (ProtocolError, struct.error, UnicodeError) as exc:
@@ -288,6 +300,21 @@ class Connection(Handlers, asyncio.BufferedProtocol):
             old.cancel()
         self.waiting[tag] = task
         self._update_reading()
+
+    def _as_person(self, handler: Callable[[int, memoryview], Any], tag: int, body: memoryview) -> Any:
+        """Run a request on an exported file as the person its fid was attached for; the
+        kernel checks permissions. Back to the server's own credentials before anything else
+        on this thread runs."""
+        f = self.fids.get(_U32.unpack_from(body)[0]) if len(body) >= 4 else None
+        node = f.node if f is not None else None
+        if not isinstance(node, LocalNode):
+            return handler(tag, body)  # synthetic files are the server's own
+        assert self.server.people is not None and f is not None
+        creds.switch(self.server.people.creds(f.uid, node.export.name))
+        try:
+            return handler(tag, body)
+        finally:
+            creds.switch(None)
 
     async def _finish(self, tag: int, mtype: int, coro: Coroutine[Any, Any, bytes]) -> None:
         try:

@@ -210,6 +210,9 @@ ROLE = Record(
         Field("overlays", ListOf(OverlayFolder()), "extra overlay folders", default=[]),
         Field("exports", MapOf(Str(r"/\S*", "an absolute path"), what="export"),
               "paths the fused agent exports: name → path (seen at /n/<host>/fs/<name>)", default={}),
+        Field("trust_root", ListOf(Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "an export's name"), unique=True),
+              "exports in which root on a peer acts as root here; in the others a peer's root is nobody, "
+              "as are uids that are no person's of `cluster.users`", default=[]),
         Field("volumes", MapOf(VOLUME, key=VOLUME_NAME, what="volume"),
               "data disks formatted when blank and mounted at every boot: name → path and disk", default={}),
         Field("match", HOST_SELECTOR, "how first boot recognises a host of this role", default={}),

@@ -185,6 +185,20 @@ def check_roles(ctx: CheckContext, data: dict[str, Any], marks: dict[str, Mark])
             ctx.error(marks[name], f"roles.{name}.os", "needs at least one OS of kind system to install")
 
 
+def check_trust_root(ctx: CheckContext, raw: Any, data: dict[str, Any], marks: dict[str, Mark]) -> None:
+    """trust_root names exports of its own role."""
+    for name, role in _section(data, "roles").items():
+        trusted = role.get("trust_root") if isinstance(role, dict) else None
+        exports = role.get("exports") if isinstance(role, dict) else None
+        if not isinstance(trusted, list) or not isinstance(exports, dict):
+            continue
+        for i, export in enumerate(trusted):
+            if isinstance(export, str) and export not in exports:
+                mark = _raw_mark(raw, ("roles", name, "trust_root"), marks[name])
+                hint = did_you_mean(export, exports) or " (the role exports nothing)"
+                ctx.error(mark, f"roles.{name}.trust_root[{i}]", f'"{export}" is not an export of this role{hint}')
+
+
 # Folders of the system itself: a disk mounted over one would hide the installed OS.
 SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys", "/tmp",
                   "/usr", "/var")
@@ -275,6 +289,7 @@ def check_whole(ctx: CheckContext, raw: Any, data: dict[str, Any], boards: set[s
     check_oses(ctx, data, marks["oses"])
     check_roles(ctx, data, marks["roles"])
     check_volumes(ctx, raw, data, marks["roles"])
+    check_trust_root(ctx, raw, data, marks["roles"])
     check_users(ctx, raw, data, fallback)
     check_network(ctx, raw, data, fallback)
     assign_addresses(ctx, raw, data, marks["hosts"])
