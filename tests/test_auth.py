@@ -26,7 +26,7 @@ from agent import identity as idm
 from agent.auth import HandshakeError
 from agent.eventbus import EventBus
 from agent.namespace import AgentNamespace
-from agent.ninep import proto
+from agent.ninep import creds, proto
 from agent.ninep.localfs import Export
 from agent.ninep.server import Server
 from agent.peer import connect_authenticated, kernel_mount_argv, open_client
@@ -104,7 +104,9 @@ class GatedServer:
     """Our Server with a given (possibly broken) identity, in a thread: for identities that
     ``clusterctl agent serve`` would refuse to load."""
 
-    def __init__(self, ident: idm.HostIdentity, export: Path, timeout: float = auth.TIMEOUT) -> None:
+    def __init__(self, ident: idm.HostIdentity | None, export: Path | None, timeout: float = auth.TIMEOUT, *,
+                 exports: list[Export] | None = None, people: creds.People | None = None) -> None:
+        """``ident`` None: no handshake; ``exports`` instead of the one read-only ``export``."""
         self.loop = asyncio.new_event_loop()
         self.events: list[dict[str, object]] = []
         ready = threading.Event()
@@ -113,8 +115,10 @@ class GatedServer:
             asyncio.set_event_loop(self.loop)
 
             async def start() -> None:
-                ns = AgentNamespace([Export("data", str(export), True)], EventBus(), hostname=ident.host)
-                self.server = Server(ns, gate=auth.gate_for(ident, timeout),
+                ns = AgentNamespace(exports or [Export("data", str(export), True)], EventBus(),
+                                    hostname=ident.host if ident is not None else "vault")
+                gate = auth.gate_for(ident, timeout) if ident is not None else None
+                self.server = Server(ns, gate=gate, people=people,
                                      on_event=lambda event, **f: self.events.append({"event": event, **f}))
                 self.listener = await self.server.listen("127.0.0.1:0")
                 self.address = f"127.0.0.1:{self.listener.sockets[0].getsockname()[1]}"
@@ -314,7 +318,7 @@ def test_socket_handed_to_another_process(world: World, servers: dict[str, Serve
     child = f"""
 import os, sys
 sys.path.insert(0, {str(REPO)!r})
-from agent.ninep import proto
+from agent.ninep import creds, proto
 fd = {fd}
 def rpc(frame):
     os.write(fd, frame)

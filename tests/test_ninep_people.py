@@ -8,22 +8,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent import auth
 from agent import identity as idm
-from agent.eventbus import EventBus
-from agent.namespace import AgentNamespace
 from agent.ninep import creds
 from agent.ninep.client import Client, NinePError
 from agent.ninep.localfs import Export
-from agent.ninep.server import Server
 from agent.peer import open_client
+from tests.test_auth import GatedServer
 
 pytestmark = pytest.mark.skipif(not creds.can_switch(), reason="switching credentials needs root")
 
@@ -38,36 +34,6 @@ class Lab:
     address: str
     insecure: str
     server_thread: int  # the gated server's thread (its credentials are per thread)
-
-
-class PeopleServer:
-    """A real server with the people map, gated by the cluster's handshake, in a thread."""
-
-    def __init__(self, exports: list[Export], ident: idm.HostIdentity | None, people: creds.People) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def start() -> None:
-            ns = AgentNamespace(exports, EventBus(), hostname="vault")
-            gate = auth.gate_for(ident) if ident is not None else None
-            self.server = Server(ns, gate=gate, people=people)
-            self.listener = await self.server.listen("127.0.0.1:0")
-            self.address = f"127.0.0.1:{self.listener.sockets[0].getsockname()[1]}"
-            ready.set()
-
-        def main() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(start())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=main, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.listener.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +61,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     (trusted / "root-only").chmod(0o600)
     people = creds.People({ALICE: "alice", BOB: "bob"}, trust_root=["trusted"])
     exports = [Export("drive", str(drive)), Export("trusted", str(trusted))]
-    gated = PeopleServer(exports, idm.load_host_identity(base / "vault"), people)
-    open_ = PeopleServer([Export("drive", str(drive))], None, people)
+    gated = GatedServer(idm.load_host_identity(base / "vault"), None, exports=exports, people=people)
+    open_ = GatedServer(None, None, exports=[Export("drive", str(drive))], people=people)
     try:
         yield Lab(drive, trusted, base / "wall-1", gated.address, open_.address, gated.thread.native_id or 0)
     finally:
