@@ -22,13 +22,17 @@ from builder.ids import settle_ids
 from builder.plan import ONHOST_PACKAGES, Plan, Stage, make_plan, onhost_version
 from builder.report import Reporter
 from builder.secrets import (
+    STICK_SEAL,
+    StickPassphraseNeeded,
     ca_dir_for,
     ensure_host_identity,
     ensure_host_secrets,
     identity_dir,
     image_host_names,
+    needs_stick_passphrase,
     secret_owners,
     secrets_digest,
+    stick_key,
 )
 from builder.stages.kind import StageContext
 from builder.stages.registry import KINDS
@@ -84,7 +88,8 @@ def diff_inputs(old: Any, new: Any, path: str = "", depth: int = 0) -> list[str]
 
 class Builder:
     def __init__(self, profile: Any, *, out_dir: Path, cache: StageCache, reporter: Reporter,
-                 images: list[str] | None = None, ca_dir: Path | None = None) -> None:
+                 images: list[str] | None = None, ca_dir: Path | None = None,
+                 stick_passphrase: str | None = None) -> None:
         self.profile = profile
         self.data: dict[str, Any] = profile.data
         self.out_dir = out_dir
@@ -96,6 +101,7 @@ class Builder:
         self.version = onhost_version()
         self.results: dict[str, Result] = {}
         self.ca_dir = ca_dir_for(profile.name, ca_dir)
+        self.stick_passphrase = stick_passphrase
         # What every stage's executor is given (builder/stages/kind.py); results fill in as stages end.
         self.ctx = StageContext(results=self.results, data=self.data, profile_name=profile.name,
                                 out_dir=out_dir, cluster_dir=self.cluster_dir, version=self.version,
@@ -111,9 +117,16 @@ class Builder:
         # The agent's identity, per host (a stick's own system has none: its agent stays idle).
         for h in image_host_names(self.data):
             ensure_host_identity(self.out_dir, self.profile.name, h, self.ca_dir)
-        plan = make_plan(self.profile, out_dir=self.out_dir, only=self.only,
-                         secrets_digest=secrets_digest(self.out_dir, self.profile.name, hosts))
-        return plan
+        digest = secrets_digest(self.out_dir, self.profile.name, hosts)
+        if needs_stick_passphrase(self.profile.model, self.only):
+            if self.stick_passphrase is None:
+                raise StickPassphraseNeeded(
+                    f"{self.profile.path}: cluster.stick_secrets is passphrase, so the stick's keys are sealed "
+                    "with a passphrase: give it with --stick-passphrase-file FILE or $CLUSTERCTL_STICK_PASSPHRASE, "
+                    "or run the build on a terminal to be asked")
+            self.ctx.stick_key = stick_key(self.out_dir, self.profile.name, self.stick_passphrase)
+            digest[STICK_SEAL] = "sealed " + self.ctx.stick_key.verifier()
+        return make_plan(self.profile, out_dir=self.out_dir, only=self.only, secrets_digest=digest)
 
     # -- running -------------------------------------------------------------------------
     def run(self) -> BuildOutcome:

@@ -194,6 +194,11 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
         if not hosts:
             raise PlanError(f"images.{img_name}: names no host")
         installer = img.installer
+        if installer and model.cluster.stick_secrets == "clear":
+            warnings.append(f"images.{img_name}: this usb-installer stick holds the private keys of "
+                            f"{', '.join(hosts)} in the clear (ssh host keys, cluster identity, WireGuard): "
+                            "whoever has the stick can join the cluster as any of them. "
+                            "Set cluster.stick_secrets: passphrase to seal them")
         oses = model.oses_of_image(img)
         fmt = img.format
         os_parts: list[str] = []
@@ -329,6 +334,8 @@ def make_plan(profile: Any, out_dir: Path | str = "images", secrets_digest: dict
                         for h in [*hosts, *([f"{img_name}.installer"] if installer else [])]},
             # Every image carries the cluster's register (hosts.json: public mesh facts of all hosts).
             "register": secrets_digest.get("hosts.json", "to generate"),
+            # A stick's hosts' keys: in the clear, or sealed under this passphrase's key (a verifier).
+            **({"stick_secrets": secrets_digest.get("stick", model.cluster.stick_secrets)} if installer else {}),
             # A cloud image is uploaded: qemu-img compresses its clusters (only its key changes).
             **({"compress": True} if img.type == CLOUD and fmt == "qcow2" else {}),
         }, deps=[esp.name, *dict.fromkeys(os_parts), *os_overlays, *([f"isos:{img_name}"] if iso_sources else []),

@@ -23,6 +23,7 @@ from typing import Any
 from cryptography import x509
 
 from agent import identity as ident
+from agent.stickseal import MIN_PASSPHRASE, SALT_BYTES, SecretFile, StickKey, seal
 from core.model import Profile
 
 # ed25519 and ECDSA cover every current OpenSSH client; RSA keys cost ~1 s each to make,
@@ -191,3 +192,47 @@ def register_bytes(out_dir: Path, cluster: str, hosts: list[str]) -> bytes:
         reg[h] = {"address": str(mesh["address"]), "wg_public": str(mesh["wg_public"]),
                   "serial": format(cert.serial_number, "x")}
     return (json.dumps({"cluster": cluster, "hosts": reg}, indent=2, sort_keys=True) + "\n").encode()
+
+
+# -- a stick's sealed secrets (cluster.stick_secrets: passphrase) -----------------------------
+
+STICK_SEAL = "stick"  # the sealing key's entry in secrets_digest (a verifier, never the key)
+STICK_SALT = "stick.salt"
+
+
+class StickPassphraseNeeded(ValueError):
+    """The profile seals its sticks' secrets but the build was given no passphrase: exit 2."""
+
+
+def needs_stick_passphrase(model: Profile, only: list[str] | None = None) -> bool:
+    """Whether a build of these images (all when None) seals a stick's secrets."""
+    return model.cluster.stick_secrets == "passphrase" and any(
+        img.installer for n, img in model.images.items() if not only or n in only)
+
+
+def stick_key(out_dir: Path, cluster: str, passphrase: str) -> StickKey:
+    """The key that seals the cluster's sticks. Its salt is kept beside the hosts' secrets, so a
+    rebuild with the same passphrase gives the same sealed bytes (the image is reused)."""
+    if len(passphrase) < MIN_PASSPHRASE or "\n" in passphrase:
+        raise StickPassphraseNeeded(f"the stick passphrase must be one line of at least {MIN_PASSPHRASE} "
+                                    "characters (it is all that stands between a lost stick and the "
+                                    "cluster's keys)")
+    folder = Path(out_dir) / cluster / ".secrets"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    salt_file = folder / STICK_SALT
+    if not salt_file.exists():
+        tmp = folder / f".{STICK_SALT}.tmp"
+        tmp.write_bytes(os.urandom(SALT_BYTES))
+        os.replace(tmp, salt_file)
+    return StickKey.derive(passphrase, salt_file.read_bytes())
+
+
+def sealed_host_secrets(out_dir: Path, cluster: str, host: str, key: StickKey, register: Path) -> bytes:
+    """One blob with the host's ssh keys and its identity (with the register first boot copies
+    beside it): what a sealed stick carries instead of the files."""
+    files = [SecretFile(f"ssh/{name}", mode, src.read_bytes()) for src, name, mode in
+             host_secret_files(out_dir, cluster, host)]
+    files += [SecretFile(f"identity/{name}", mode, src.read_bytes()) for src, name, mode in
+              identity_files(out_dir, cluster, host)]
+    files.append(SecretFile("identity/hosts.json", 0o644, register.read_bytes()))
+    return seal(key, cluster, host, files)

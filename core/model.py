@@ -273,6 +273,7 @@ class Cluster:
     network: Network
     fusion: Fusion
     unattended: bool
+    stick_secrets: str  # clear | passphrase (a usb-installer's host keys)
 
     @classmethod
     def from_json(cls, value: Any, path: str) -> Cluster:
@@ -284,14 +285,15 @@ class Cluster:
                 keymap=o.text("keymap"),
                 users=tuple(User.from_json(u, f"{o.sub('users')}[{i}]") for i, u in enumerate(users)),
                 network=o.record("network", Network.from_json), fusion=o.record("fusion", Fusion.from_json),
-                unattended=o.flag("unattended"))
+                unattended=o.flag("unattended"), stick_secrets=o.text("stick_secrets"))
         o.done()
         return c
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "domain": self.domain, "timezone": self.timezone, "locale": self.locale,
                 "keymap": self.keymap, "users": [u.to_json() for u in self.users],
-                "network": self.network.to_json(), "fusion": self.fusion.to_json(), "unattended": self.unattended}
+                "network": self.network.to_json(), "fusion": self.fusion.to_json(), "unattended": self.unattended,
+                "stick_secrets": self.stick_secrets}
 
 
 @dataclass(frozen=True, kw_only=True)

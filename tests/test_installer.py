@@ -21,10 +21,11 @@ import pytest
 
 from agent.firstboot import journal
 from agent.firstboot.installer import Request, _rename_host, install, plan_install
+from agent.stickseal import StickKey, key_for, unseal
 from core.disk.bootmenu import parse_entry, with_root
 from core.disk.tools import InstallError
 from core.events import parse_line
-from tests.test_installer_stick import HOSTS, ROLE_OSES, make_stick
+from tests.test_installer_stick import HOSTS, ROLE_OSES, host_secret_files, make_stick
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3
@@ -147,6 +148,9 @@ def assert_installed(stick: Path, disk: Path, host: str = "left") -> None:
         assert cat(disk, p, "/etc/ssh/ssh_host_ed25519_key") == f"PRIVATE KEY OF {host}\n"
         assert mode(disk, p, "/etc/ssh/ssh_host_ed25519_key") == 0o600
         assert mode(disk, p, "/etc/ssh/ssh_host_ed25519_key.pub") == 0o644
+        assert cat(disk, p, "/etc/clusterctl/identity/host.key") == f"IDENTITY KEY OF {host}\n"
+        assert mode(disk, p, "/etc/clusterctl/identity/host.key") == 0o600
+        assert mode(disk, p, "/etc/clusterctl/identity") & 0o7777 == 0o700
         assert cat(disk, p, "/etc/machine-id") == ""
         # No other host's files or secrets, and first boot is off.
         assert ls(disk, p, "/usr/lib/clusterctl") == [] and ls(disk, p, "/var/lib/clusterctl") == []
@@ -295,3 +299,36 @@ def test_laying_a_tree_twice_keeps_the_file_system_clean(tmp_path: Path) -> None
         assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
     assert fs.read("/usr/lib/clusterctl/agent/firstboot/m4.py") == b"# 4\n" * 500
     assert fs.read("/root/.ssh/authorized_keys") == b"ssh-ed25519 AAAA x\n"
+
+
+# --- a sealed stick (cluster.stick_secrets: passphrase) ---------------------------------------
+
+PASSPHRASE = "lost sticks tell nothing"
+
+
+@pytest.fixture(scope="session")
+def sealed_stick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_stick(tmp_path_factory.mktemp("sealed-stick"), sealed=StickKey.derive(PASSPHRASE, b"s" * 16))
+
+
+def test_a_sealed_stick_shows_no_host_key_and_installs_with_the_opened_keys(sealed_stick: Path,
+                                                                          tmp_path: Path) -> None:
+    raw = sealed_stick.read_bytes()
+    for host in HOSTS:
+        for f in host_secret_files(host):
+            if not f.path.endswith(".pub"):
+                assert f.data.strip() not in raw, f"{host}'s {f.path} is readable on the sealed stick"
+    blobs = {h: cat(sealed_stick, part(sealed_stick, "root-stable"), f"/var/lib/clusterctl/hosts/{h}/sealed").encode()
+             for h in HOSTS}
+    key = key_for(blobs["left"], PASSPHRASE)
+    disk = blank(tmp_path / "nvme.img")
+    install(request(sealed_stick, disk, secrets=unseal(key, blobs["left"], "left")), disk_name="/dev/nvme0n1")
+    assert_installed(sealed_stick, disk, "left")  # the keys in place; no host's sealed blob left
+
+
+def test_a_sealed_stick_without_its_keys_opened_stops_before_the_disk_is_made_a_host(sealed_stick: Path,
+                                                                                    tmp_path: Path) -> None:
+    disk = blank(tmp_path / "nvme.img")
+    with pytest.raises(InstallError, match="sealed: the passphrase is needed"):
+        install(request(sealed_stick, disk))
+    assert journal.read(str(disk))["state"] == "incomplete"  # type: ignore[index]  # the next boot starts over

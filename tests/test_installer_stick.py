@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from agent.stickseal import SEALED_NAME, SecretFile, StickKey, seal
 from builder.stages.bootchain import fetch as fetch_chain
 from builder.stages.esp import GPTMBR, build_esp
 from builder.stages.isoboot import LINUX_DATA_TYPE, build_iso_partition
@@ -29,7 +30,7 @@ SYSTEM_OSES = ["stable", "next"]
 ROOT_SIZE = 48 * MiB
 
 
-def root_tree(tree: Path, os_name: str) -> None:
+def root_tree(tree: Path, os_name: str, sealed: StickKey | None = None) -> None:
     def put(rel: str, text: str, mode: int = 0o644) -> None:
         p = tree / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -46,17 +47,31 @@ def root_tree(tree: Path, os_name: str) -> None:
     for host in HOSTS:
         put(f"usr/lib/clusterctl/hosts/{host}/root/etc/motd", f"this is {host}\n")
         put(f"usr/lib/clusterctl/hosts/{host}/root/etc/clusterctl/role", f"{HOSTS[host]}\n")
-        put(f"var/lib/clusterctl/hosts/{host}/ssh/ssh_host_ed25519_key", f"PRIVATE KEY OF {host}\n", 0o600)
-        put(f"var/lib/clusterctl/hosts/{host}/ssh/ssh_host_ed25519_key.pub", f"ssh-ed25519 AAAA {host}\n")
+        if sealed is not None:  # cluster.stick_secrets: passphrase
+            blob = seal(sealed, "dualnano", host, host_secret_files(host))
+            (tree / f"var/lib/clusterctl/hosts/{host}").mkdir(parents=True, mode=0o700)
+            (tree / f"var/lib/clusterctl/hosts/{host}/{SEALED_NAME}").write_bytes(blob)
+            continue
+        for f in host_secret_files(host):
+            put(f"var/lib/clusterctl/hosts/{host}/{f.path}", f.data.decode(), f.mode)
     os.symlink("/etc/motd", tree / "usr/lib/clusterctl/hosts/left/root/etc/motd.link")
     wants = tree / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True)
     os.symlink("/etc/systemd/system/clusterctl-firstboot.service", wants / "clusterctl-firstboot.service")
-    os.chmod(tree / "var/lib/clusterctl/hosts/left/ssh", 0o700)
+    if sealed is None:
+        os.chmod(tree / "var/lib/clusterctl/hosts/left/ssh", 0o700)
 
 
-def make_stick(work: Path) -> Path:
-    """Build the stick image file in ``work``; returns its path."""
+def host_secret_files(host: str) -> list[SecretFile]:
+    """What the build puts in a host's folder on the stick (or seals): a key pair and an identity file."""
+    return [SecretFile("ssh/ssh_host_ed25519_key", 0o600, f"PRIVATE KEY OF {host}\n".encode()),
+            SecretFile("ssh/ssh_host_ed25519_key.pub", 0o644, f"ssh-ed25519 AAAA {host}\n".encode()),
+            SecretFile("identity/host.key", 0o600, f"IDENTITY KEY OF {host}\n".encode())]
+
+
+def make_stick(work: Path, sealed: StickKey | None = None) -> Path:
+    """Build the stick image file in ``work``; returns its path. ``sealed``: the hosts' secrets
+    sealed with that key, as cluster.stick_secrets: passphrase builds them."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "build.log"
     uuids = {o: str(uuid.uuid4()) for o in SYSTEM_OSES}
@@ -83,7 +98,7 @@ def make_stick(work: Path) -> Path:
     for o in SYSTEM_OSES:
         tree = work / f"tree-{o}"
         tree.mkdir()
-        root_tree(tree, o)
+        root_tree(tree, o, sealed)
         roots[o] = work / f"root-{o}.img"
         with open(roots[o], "wb") as f:
             f.truncate(ROOT_SIZE)

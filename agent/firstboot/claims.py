@@ -53,6 +53,20 @@ class StickLedger:
             self.problem = f"the claim ledger on the stick could not be read ({e})"
             return None
 
+    def read_file(self, name: str) -> bytes | None:
+        """Another file on the CLUSTER partition (a sealed stick's passphrase), or None."""
+        if self.image is None:
+            return None
+        copy = self.local.with_name(f".{name}")
+        copy.unlink(missing_ok=True)
+        try:
+            run("claims", ["mcopy", "-n", "-i", self.image, f"::{name}", str(copy)], env=MTOOLS_ENV)
+            return copy.read_bytes()
+        except (InstallError, OSError):
+            return None
+        finally:
+            copy.unlink(missing_ok=True)
+
     def store(self) -> str | None:
         """Copy the working ledger back onto the stick; why it could not be, or None."""
         if self.image is None:

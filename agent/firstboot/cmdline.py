@@ -13,6 +13,9 @@ class Options:
     host: str | None = None  # force this host: no matching, no question (disk safety still holds)
     after: str = "reboot"  # what to do once installed
     install: bool = True  # clusterctl.install=0: leave the stick's system running, no first boot
+    # A sealed stick's passphrase, unattended (weaker: any local user reads /proc/cmdline, and
+    # it is written in the boot menu); one word, no spaces.
+    passphrase: str | None = None
 
 
 class CmdlineError(ValueError):
@@ -34,6 +37,8 @@ def parse(text: str) -> Options:
             if value not in AFTER:
                 raise CmdlineError(f"clusterctl.after={value}: use one of {', '.join(AFTER)}")
             opts.after = value
+        elif name == "passphrase":
+            opts.passphrase = value or None
         elif name == "install":
             opts.install = value not in ("0", "no", "false")
     return opts

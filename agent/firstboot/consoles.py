@@ -96,6 +96,15 @@ def _line_mode(fd: int) -> None:
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
+def _echo(fd: int, on: bool) -> None:
+    """Echo of typed keys on or off (a passphrase); the Enter still moves to the next line."""
+    with contextlib.suppress(termios.error, OSError):
+        attrs = termios.tcgetattr(fd)
+        attrs[3] = (attrs[3] | termios.ECHO | termios.ECHOE) if on else (attrs[3] & ~(termios.ECHO | termios.ECHOE))
+        attrs[3] |= termios.ECHONL
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
 class Consoles:
     """What the wizard prints goes to all; ``input`` returns the first whole line from any.
 
@@ -149,15 +158,25 @@ class Consoles:
 
     # --- input ------------------------------------------------------------------------
 
-    def input(self, prompt: str = "") -> str:
+    def input(self, prompt: str = "", secret: bool = False) -> str:
         """Show ``prompt`` (plain text, not markup) everywhere; the first whole line typed on any
-        console is the answer."""
+        console is the answer. ``secret``: nothing typed is shown, on any console."""
         for t in self.terminals:
             # Keys pressed before the question was on screen are not an answer to it.
             with contextlib.suppress(termios.error, OSError):
                 termios.tcflush(t.fd, termios.TCIFLUSH)
             t.pending = b""
+            if secret:
+                _echo(t.fd, False)
             self._to(t, prompt, end="", markup=False)
+        try:
+            return self._first_line(secret)
+        finally:
+            if secret:
+                for t in self.terminals:
+                    _echo(t.fd, True)
+
+    def _first_line(self, secret: bool) -> str:
         while True:
             readable = [t for t in self.terminals if t.open]
             if not readable:
@@ -177,12 +196,12 @@ class Consoles:
                 if b"\n" in t.pending or b"\r" in t.pending:
                     line = t.pending.replace(b"\r", b"\n").split(b"\n", 1)[0].decode("utf-8", "replace")
                     t.pending = b""
-                    self._answered(t, line)
+                    self._answered(t, line, secret)
                     return line
 
-    def _answered(self, winner: Terminal, line: str) -> None:
+    def _answered(self, winner: Terminal, line: str, secret: bool = False) -> None:
         self.source = winner
-        shown = line.strip() or "Enter"
+        shown = "hidden" if secret else line.strip() or "Enter"
         for t in self.terminals:
             if t is not winner:
                 self._to(t, f"\n[dim](answered on the {winner.name}: {shown})[/dim]")

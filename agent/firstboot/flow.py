@@ -27,7 +27,9 @@ from agent.firstboot import cmdline, journal
 from agent.firstboot.claims import StickLedger
 from agent.firstboot.consoles import Consoles, Progress, console_devices
 from agent.firstboot.install_cmd import run_install
-from agent.firstboot.installer import Request
+from agent.firstboot.installer import HOST_SECRETS, Request
+from agent.firstboot.unseal import PASSPHRASE_FILE, Unlocked, host_files, sealed_blobs, unlock
+from agent.stickseal import SealError
 from core import exitcodes
 from core.events import emit
 from core.model import Profile
@@ -113,6 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts", default=FACTS)
     p.add_argument("--inventory", help="a captured inventory instead of detecting this machine")
     p.add_argument("--work", default=WORK, help="where the decision and scratch files go (tmpfs)")
+    p.add_argument("--secrets", default=HOST_SECRETS, help="where the stick keeps each host's keys")
     p.add_argument("--dry-run", action="store_true", help="decide, but do not install")
     p.add_argument("--console", action="append", default=[], metavar="NAME=DEVICE",
                    help="a console the wizard asks on (repeatable); default: the kernel's consoles (the screen "
@@ -176,6 +179,15 @@ def open_consoles(named: list[str], live: bool) -> Consoles | None:
         return None  # no console at all: stdout (the unit's journal and /dev/console) still works
 
 
+def unlock_stick(blobs: dict[str, bytes], opts: cmdline.Options, on_stick: bytes | None, consoles: Consoles | None,
+                 events: TextIO) -> Unlocked | None:
+    """The passphrase from the kernel command line, the CLUSTER partition, then the person."""
+    from_stick = on_stick.decode("utf-8", "replace").splitlines()[0] if on_stick and on_stick.strip() else None
+    ask = (lambda prompt: consoles.input(prompt, secret=True)) if consoles is not None else None
+    return unlock(blobs, [("cmdline", opts.passphrase), ("stick", from_stick)], ask, lambda t: say(consoles, t),
+                  events)
+
+
 def decide_and_install(args: argparse.Namespace, opts: cmdline.Options, profile: Profile, inventory: dict[str, Any],
                        medium: dict[str, Any], candidates: list[str] | None, consoles: Consoles | None,
                        events: TextIO) -> int:
@@ -184,6 +196,16 @@ def decide_and_install(args: argparse.Namespace, opts: cmdline.Options, profile:
     # The claim ledger on the stick's CLUSTER partition: read now, written back before the disk is.
     claims = StickLedger.find(medium.get("path") or f"/dev/{medium['name']}", Path(args.work, "claims.json"))
     ledger = claims.fetch()
+    blobs = sealed_blobs(args.secrets)
+    unlocked: Unlocked | None = None
+    if blobs:
+        unlocked = unlock_stick(blobs, opts, claims.read_file(PASSPHRASE_FILE), consoles, events)
+        if unlocked is None:
+            emit("error", stream=events, stage="unseal",
+                 message="the stick's host keys are sealed and no passphrase unlocked them; nothing was installed")
+            say(consoles, "Nothing was installed: without the passphrase the stick's host keys stay locked. "
+                          "Log in below to look around.")
+            return exitcodes.FAILED
     try:
         decision = forced_decision(profile, inventory, opts.host, events) if opts.host else None
         if decision is None:
@@ -209,8 +231,14 @@ def decide_and_install(args: argparse.Namespace, opts: cmdline.Options, profile:
     # On the stick (not replaying a captured inventory) the running root is one of the copies.
     live = args.inventory is None
     frozen = freeze_root() if live else False
+    try:
+        secrets = host_files(unlocked, blobs, decision.host) if unlocked is not None else None
+    except SealError as e:
+        emit("error", stream=events, stage="unseal", message=str(e))
+        return exitcodes.FAILED
     req = Request(stick=medium.get("path") or f"/dev/{medium['name']}", target=str(decision.disk_path),
-                  host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe)
+                  host=decision.host, role=str(decision.role), oses=list(decision.oses), allow_wipe=decision.wipe,
+                  secrets=secrets)
     progress = Progress(consoles, req.host, str(decision.disk_path)).step if consoles is not None else None
     # From here the stick's own 'ready' must not speak for the host it is installing (its unit
     # checks this file), not even in the moment between 'installed' and the restart.

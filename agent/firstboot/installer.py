@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.firstboot import journal
+from agent.stickseal import SEALED_NAME, SecretFile
 from core.disk.bootmenu import ISOBOOT_DIR, Fat, rewrite, stick_entries, with_root
 from core.disk.ext4 import Ext4, dump_tree, place_tree
 from core.disk.gpt import (
@@ -65,6 +66,9 @@ class Request:
     role: str
     oses: list[str]  # the role's OSes, default first
     allow_wipe: bool = False  # the profile allows it, or the person typed the disk's serial
+    # A sealed stick's keys for this host, opened by first boot (agent/firstboot/unseal.py);
+    # None: the stick carries them in the clear, under HOST_SECRETS/<host>/.
+    secrets: list[SecretFile] | None = None
 
 
 @dataclass
@@ -222,6 +226,29 @@ def scrub_files(fs: Ext4, top: str) -> None:
     fs.debugfs([f'zap_block -f "{f}" {i}' for f, n in zip(files, counts, strict=True) for i in range(n)], write=True)
 
 
+def _secret_place(path: str) -> bool:
+    sub, _, name = path.partition("/")
+    return sub in ("ssh", "identity") and bool(name) and "/" not in name and name not in (".", "..")
+
+
+def host_secrets(req: Request, fs: Ext4) -> list[SecretFile]:
+    """The host's ssh keys (ssh/<name>) and agent identity (identity/<name>, docs/identity.md):
+    those first boot unsealed, else the stick's clear copies (keys keep their 0600)."""
+    if req.secrets is not None:
+        return [f for f in req.secrets if _secret_place(f.path)]
+    if fs.read(f"{HOST_SECRETS}/{req.host}/{SEALED_NAME}") is not None:
+        raise InstallError("identity", f"the stick's keys for {req.host} are sealed: the passphrase is needed "
+                                       "(first boot asks for it; clusterctl.passphrase= when unattended)")
+    out: list[SecretFile] = []
+    for sub in ("ssh", "identity"):
+        for e in fs.listdir(f"{HOST_SECRETS}/{req.host}/{sub}") or []:
+            if not e.is_dir:
+                data = fs.read(f"{HOST_SECRETS}/{req.host}/{sub}/{e.name}") or b""
+                mode = (0o644 if e.name.endswith(".pub") else 0o600) if sub == "ssh" else e.mode
+                out.append(SecretFile(f"{sub}/{e.name}", mode, data))
+    return out
+
+
 def write_identity(req: Request, os_name: str, dst: Part, disk_name: str, stage: str) -> None:
     fs = Ext4(req.target, dst.start, stage)
     installer_name = (fs.read("/etc/hostname") or b"").decode().strip() or None
@@ -234,16 +261,9 @@ def write_identity(req: Request, os_name: str, dst: Part, disk_name: str, stage:
     facts: dict[str, Any] = json.loads(raw) if raw else {}
     facts.update(host=req.host, role=req.role, os=os_name, candidates=[])
     hosts_text = (fs.read("/etc/hosts") or b"").decode()
-    files: list[tuple[str, bytes, int, int, int]] = []
-    for e in fs.listdir(f"{HOST_SECRETS}/{req.host}/ssh") or []:
-        if not e.is_dir:
-            data = fs.read(f"{HOST_SECRETS}/{req.host}/ssh/{e.name}") or b""
-            files.append((f"/etc/ssh/{e.name}", data, 0o644 if e.name.endswith(".pub") else 0o600, 0, 0))
-    # The agent's cluster identity (docs/identity.md): keys keep their 0600 from the stick.
-    ident_files = [e for e in fs.listdir(f"{HOST_SECRETS}/{req.host}/identity") or [] if not e.is_dir]
-    for e in ident_files:
-        data = fs.read(f"{HOST_SECRETS}/{req.host}/identity/{e.name}") or b""
-        files.append((f"{IDENTITY_DIR}/{e.name}", data, e.mode & 0o7777, 0, 0))
+    files = [(f"{'/etc/ssh' if f.path.startswith('ssh/') else IDENTITY_DIR}/{f.path.split('/', 1)[1]}", f.data,
+              f.mode & 0o7777, 0, 0) for f in host_secrets(req, fs)]
+    ident_files = [f for f in files if f[0].startswith(f"{IDENTITY_DIR}/")]
     installed = {"host": req.host, "role": req.role, "os": os_name, "disk": disk_name,
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     files += [

@@ -15,23 +15,30 @@ def cmd_build(args: argparse.Namespace) -> int:
     from builder.build import Builder, BuildError, CacheBusy
     from builder.cache import StageCache
     from builder.commands.profile_cmds import build_folders, load_or_report
+    from builder.passphrase import PassphraseError, stick_passphrase
     from builder.plan import PlanError
     from builder.report import JsonReporter, QuietReporter, Reporter, RichReporter
-    from builder.secrets import IdentityRefused
+    from builder.secrets import IdentityRefused, StickPassphraseNeeded, needs_stick_passphrase
     from builder.stages.image import ImageTooSmall
     from builder.stages.overlay import OverlayError
 
     loaded = load_or_report(args.profile, args.json, build_folders(args))
     if isinstance(loaded, int):
         return loaded
+    try:
+        passphrase = (stick_passphrase(args.stick_passphrase_file, confirm=True)
+                      if needs_stick_passphrase(loaded.model, args.image) else None)
+    except PassphraseError as err:
+        print(f"clusterctl: {err}", file=sys.stderr)
+        return exitcodes.USAGE
     reporter: Reporter = (JsonReporter() if args.json else QuietReporter() if args.quiet
                           else RichReporter(explain=args.explain))
     cache = StageCache(Path(args.cache_dir) if args.cache_dir else None)
     try:
         builder = Builder(loaded, out_dir=Path(args.out), cache=cache, reporter=reporter, images=args.image,
-                          ca_dir=Path(args.ca_dir) if args.ca_dir else None)
+                          ca_dir=Path(args.ca_dir) if args.ca_dir else None, stick_passphrase=passphrase)
         outcome = builder.run()
-    except (PlanError, ImageTooSmall, OverlayError, IdentityRefused) as err:
+    except (PlanError, ImageTooSmall, OverlayError, IdentityRefused, StickPassphraseNeeded) as err:
         reporter.close()
         print(f"clusterctl: {err}", file=sys.stderr)
         return exitcodes.USAGE
@@ -85,6 +92,9 @@ def register(sub: Any) -> None:
     p.add_argument("--ca-dir", default=None, metavar="DIR",
                    help="the cluster CA that issues host identities (default $CLUSTERCTL_CA_DIR, else "
                         "~/.config/clusterctl/<cluster>/ca; made on first use)")
+    p.add_argument("--stick-passphrase-file", metavar="FILE",
+                   help="with cluster.stick_secrets: passphrase, the passphrase that seals the stick's host keys "
+                        "(its first line; default $CLUSTERCTL_STICK_PASSPHRASE, else asked on the terminal)")
     p.add_argument("--explain", action="store_true", help="say why each stage is built or reused")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout, one per stage event")

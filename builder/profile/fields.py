@@ -172,6 +172,11 @@ CLUSTER = Record(
         ]), "the fused agent's settings", default={"namespace": "/n", "port": 564, "seeds": []}),
         Field("unattended", Bool(), "first boot installs without asking when the match is certain",
               default=False),
+        Field("stick_secrets", Choice(("clear", "passphrase")),
+              "how a usb-installer stick carries every host's keys: clear (readable by whoever holds the "
+              "stick; the build warns) or passphrase (sealed with a key stretched from a passphrase the "
+              "build asks for; first boot asks for it before it installs; docs/identity.md)",
+              default="clear"),
     ],
 )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.stickseal import SEALED_NAME
 from builder.bmap import write_bmap
 from builder.secrets import (
     IDENTITY_IN_ROOT,
@@ -20,6 +21,7 @@ from builder.secrets import (
     identity_files,
     installer_identity,
     register_bytes,
+    sealed_host_secrets,
     secret_owners,
 )
 from builder.sparse import copy_sparse
@@ -147,31 +149,55 @@ def _personalise(ctx: StageContext, stage: Stage, overlay_stage: str, img: Path,
     scratch = work / overlay_stage.replace(":", "_").replace("/", "_")
     scratch.mkdir()
     puts = ext4edit.puts_from_tar(overlay.path, scratch)
+    register = _register(ctx, work)
     owners: list[tuple[str, str]] = []
     if stage.params["installer"]:
         # The stick's own identity while it runs as an installer; each host's keys wait
-        # under /var/lib/clusterctl/hosts/<host>/ssh for first boot to install them.
+        # under /var/lib/clusterctl/hosts/<host>/ for first boot to install them: in the clear,
+        # or sealed in one blob per host (cluster.stick_secrets: passphrase).
         owners.append((installer_identity(stage.params["image_name"]), "/etc/ssh"))
-        owners += [(h, f"/var/lib/clusterctl/hosts/{h}/ssh") for h in stage.params["hosts"]]
+        if ctx.stick_key is not None:
+            puts += _sealed_puts(ctx, stage, work, register)
+        else:
+            owners += [(h, f"{STICK_HOSTS}/{h}/ssh") for h in stage.params["hosts"]]
+            puts += _identity_puts(ctx, stage, register)
     else:
         owners += [(h, "/etc/ssh") for h in stage.params["hosts"]]
+        puts += _identity_puts(ctx, stage, register)
     for h, base in owners:
         if base != "/etc/ssh":
             puts.append(ext4edit.Put(base, "dir", 0o700))
         for src, name, mode in host_secret_files(ctx.out_dir, ctx.profile_name, h):
             puts.append(ext4edit.Put(f"{base}/{name}", "file", mode, src=src))
-    puts += _identity_puts(ctx, stage, work)
     ext4edit.place(img, offset, puts, log)
 
 
-def _identity_puts(ctx: StageContext, stage: Stage, work: Path) -> list[ext4edit.Put]:
-    """A disk/cloud image: its host's identity at /etc/clusterctl/identity/. A stick: each
-    host's at /var/lib/clusterctl/hosts/<host>/identity/ for first boot to copy. Both with
-    the register of the profile's hosts (public, 0644) beside it."""
+def _register(ctx: StageContext, work: Path) -> Path:
+    """The register of the profile's hosts (public, 0644), made once per image."""
     register = work / "hosts.json"
     if not register.exists():
         register.write_bytes(register_bytes(ctx.out_dir, ctx.profile_name, secret_owners(ctx.data)))
         register.chmod(0o644)
+    return register
+
+
+def _sealed_puts(ctx: StageContext, stage: Stage, work: Path, register: Path) -> list[ext4edit.Put]:
+    """A sealed stick: /var/lib/clusterctl/hosts/<host>/sealed per host, nothing else secret."""
+    assert ctx.stick_key is not None
+    puts: list[ext4edit.Put] = []
+    for h in stage.params["hosts"]:
+        blob = work / f"{h}.sealed"
+        if not blob.exists():
+            blob.write_bytes(sealed_host_secrets(ctx.out_dir, ctx.profile_name, h, ctx.stick_key, register))
+        puts += [ext4edit.Put(f"{STICK_HOSTS}/{h}", "dir", 0o700),
+                 ext4edit.Put(f"{STICK_HOSTS}/{h}/{SEALED_NAME}", "file", 0o600, src=blob)]
+    return puts
+
+
+def _identity_puts(ctx: StageContext, stage: Stage, register: Path) -> list[ext4edit.Put]:
+    """A disk/cloud image: its host's identity at /etc/clusterctl/identity/. A clear stick: each
+    host's at /var/lib/clusterctl/hosts/<host>/identity/ for first boot to copy. Both with
+    the register of the profile's hosts beside it."""
     folders = ([(h, f"{STICK_HOSTS}/{h}/identity") for h in stage.params["hosts"]] if stage.params["installer"]
                else [(h, IDENTITY_IN_ROOT) for h in stage.params["hosts"]])
     puts: list[ext4edit.Put] = []

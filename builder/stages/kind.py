@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agent.stickseal import StickKey
 from builder.tools import LineSink
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class StageContext:
     onhost: dict[str, Path]  # the on-host packages copied into every root, by name (builder.plan)
     ram_scratch: Callable[[], Path | None] = lambda: None  # an empty folder in RAM, when there is room
     sink: Callable[[str], LineSink | None] = lambda name: None  # a stage's output lines, by stage name
+    stick_key: StickKey | None = None  # seals the hosts' secrets on usb-installer sticks (passphrase)
 
     def dep(self, stage: Stage, kind: str) -> StageOutput:
         """The result of the stage's dependency of ``kind``."""
