@@ -8,7 +8,8 @@ event, a wrong host or role, a machine that dies, or a deadline fails the host a
 When the wizard asks (event ``asking``), the test answers as a person at the box would: it
 reads the screen (a screenshot, OCR) to see what the wizard proposes, then types on the
 emulated keyboard, never the serial line: ``y`` when the proposal is this host; the host's
-number when the box fits several; or the keys a user scripted (``--answer``). A board without
+number when the box fits several; or the keys a user scripted (``--answer``). A sealed stick
+asks for its passphrase first: it is typed the same way. A board without
 a display is answered on its keyboard all the same, and the serial console's copy of the
 wizard is read back instead of a screen.
 
@@ -47,6 +48,7 @@ class HostRun:
     macs: list[str] | None = None
     dmi_serial: str | None = None
     answer: str | None = None  # keys to type when the wizard asks, instead of the person's own
+    passphrase: str | None = None  # a sealed stick's (cluster.stick_secrets: passphrase), typed when asked
 
     @property
     def as_usb(self) -> bool:
@@ -80,8 +82,8 @@ def _unique_mac(mac: str, used: set[str]) -> str:
 
 
 def plan_runs(profile: Profile | dict[str, Any], images_dir: Path, load_board: Callable[[str], Board],
-              only_hosts: list[str] | None = None, answers: dict[str, str] | None = None
-              ) -> list[HostRun]:  # fmt: skip
+              only_hosts: list[str] | None = None, answers: dict[str, str] | None = None,
+              passphrase: str | None = None) -> list[HostRun]:  # fmt: skip
     """The host runs of a resolved profile (the model, or its JSON), in image then host order."""
     model = profile if isinstance(profile, Profile) else Profile.from_json(profile)
     runs: list[HostRun] = []
@@ -107,6 +109,7 @@ def plan_runs(profile: Profile | dict[str, Any], images_dir: Path, load_board: C
                 image_path=image_path(images_dir, name, image), expect=expect, macs=macs,
                 dmi_serial=pin.get("serial"),
                 answer=(answers or {}).get(host, (answers or {}).get(spec.board)),
+                passphrase=passphrase if image.installer else None,
             ))  # fmt: skip
     return runs
 
@@ -188,6 +191,13 @@ def answer_wizard(m: Machine, run: HostRun, asking: dict[str, Any]) -> str | Non
     look = Look(m)
     cands = list(asking.get("candidates") or [])
     try:
+        if asking.get("question") == "passphrase":
+            if run.passphrase is None:
+                return m.explain("the stick's host keys are sealed and first boot asks for the passphrase: give "
+                                 "clusterctl test --stick-passphrase-file FILE or $CLUSTERCTL_STICK_PASSPHRASE")
+            look.wait(["Passphrase", "host keys"])
+            m.send_chars(run.passphrase + "\n")
+            return None
         if run.answer is not None:
             look.wait(["quit"])  # the question is on the screen: keys typed before it are not an answer
             m.send_chars(run.answer)

@@ -22,6 +22,7 @@ it, so it quits).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -247,3 +248,104 @@ def test_a_second_box_of_the_same_board_is_told_the_host_is_taken(dualnano_stick
         quit_ = m.wait_for({"event": "error", "stage": "match"}, timeout=120)
         assert quit_["message"] == "no host was chosen; nothing was installed"
         assert not [e for e in m.events if e["event"] in ("matched", "installing", "installed")]
+
+
+# --- a sealed stick (cluster.stick_secrets: passphrase) ----------------------------------------
+
+PASSPHRASE = "Lost sticks tell nothing 42"
+
+
+def private_needles(secrets: Path, host: str) -> list[bytes]:
+    """Byte strings that would give the host's private keys away: each private file whole, and a
+    line of each key's base64 body (a copy in any layout would still show it)."""
+    needles = []
+    for f in [*secrets.joinpath(host).glob("ssh_host_*_key"), *secrets.joinpath(host, "agent").iterdir()]:
+        if f.is_file() and f.stat().st_mode & 0o077 == 0:  # 0600: private
+            data = f.read_bytes().strip()
+            needles.append(data)
+            body = [line for line in data.splitlines() if line and not line.startswith(b"-----")]
+            needles.append(max(body, key=len)[:48])
+    assert len(needles) >= 8, needles  # two ssh keys, the identity key, the WireGuard key
+    return needles
+
+
+def found_in_image(image: Path, needles: list[bytes]) -> set[bytes]:
+    """Which needles occur in the image's bytes (its data extents; holes hold none)."""
+    found: set[bytes] = set()
+    overlap = max(len(n) for n in needles)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        end, pos, tail = os.fstat(fd).st_size, 0, b""
+        while pos < end:
+            try:
+                pos = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # no data after pos
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            tail = b""
+            while pos < hole:
+                chunk = tail + os.pread(fd, min(16 << 20, hole - pos), pos)
+                pos += len(chunk) - len(tail)
+                found.update(n for n in needles if n in chunk)
+                tail = chunk[-overlap:]
+    finally:
+        os.close(fd)
+    return found
+
+
+def test_a_sealed_stick_gives_no_key_away_and_installs_when_the_passphrase_is_typed(
+        dualnano_stick: Path, tmp_path: Path) -> None:
+    """The profile with cluster.stick_secrets: passphrase: no host's private key is in the stick's
+    bytes (the clear stick of the same profile has them all: the scan can fail); then the
+    README's ``clusterctl test`` on left reads the passphrase question on the screen, types it on
+    the keyboard, and the box installs and is ready with its own keys (a wrong passphrase and the
+    unattended sources: tests/test_stick_secrets.py)."""
+    profile = tmp_path / "sealed.yaml"
+    profile.write_text(PROFILE.read_text().replace("  name: dualnano\n",
+                                                   "  name: dualnano\n  stick_secrets: passphrase\n"))
+    secret_file = tmp_path / "passphrase"
+    secret_file.write_text(PASSPHRASE + "\n")
+    out = tmp_path / "images"
+    cache = Path(os.environ.get("CLUSTERCTL_TEST_CACHE") or dualnano_stick.parents[2] / "cache")
+    proc = subprocess.run([sys.executable, "-m", "builder", "build", str(profile), "--out", str(out), "--cache-dir",
+                           str(cache), "--stick-passphrase-file", str(secret_file)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "in the clear" not in proc.stdout + proc.stderr
+    sealed = out / "dualnano" / "stick.img"
+    needles = {h: private_needles(out / "dualnano" / ".secrets", h) for h in ("left", "right")}
+    assert found_in_image(sealed, [n for ns in needles.values() for n in ns]) == set()
+    clear_needles = private_needles(dualnano_stick.parent / ".secrets", "left")
+    assert found_in_image(dualnano_stick, clear_needles) == set(clear_needles)
+    # The person's way, on left's screen and keyboard: one wrong passphrase, then the right one.
+    work = tmp_path / "machines"
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "test", str(profile), "--host", "left", "--images", str(sealed.parent),
+         "--workdir", str(work), "--keep", "--timeout", str(INSTALL), "--stick-passphrase-file", str(secret_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=2 * (INSTALL + BOOT),
+        env={k: v for k, v in os.environ.items() if k != "CLUSTERCTL_STICK_PASSPHRASE"} | {"COLUMNS": "240"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    console = (work / "left" / "console.log").read_text(errors="replace")
+    assert PASSPHRASE not in console
+    events = [e for line in console.splitlines() if (e := parse_line(line))]
+    assert {"event": "unsealed", "source": "person"} in events
+    assert [e["host"] for e in events if e["event"] == "installed"] == ["left"]
+    assert [(e["host"], e["role"]) for e in events if e["event"] == "ready" and e.get("host")] == [("left", "desktop")]
+    # The installed disk holds left's own keys, as the build made them.
+    disk = work / "left" / "disk0.qcow2"
+    assert installed_file(disk, work, "/etc/ssh/ssh_host_ed25519_key.pub") == \
+        (out / "dualnano" / ".secrets" / "left" / "ssh_host_ed25519_key.pub").read_bytes()
+    subprocess.run(["rm", "-rf", str(out), str(work)], check=True)  # GiBs: the suite's peak disk stays low
+
+
+def installed_file(disk: Path, work: Path, path: str) -> bytes:
+    """A file of the installed default root, read with debugfs from a raw copy of the guest's disk."""
+    raw = work / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    root = next(p for p in table["partitions"] if p.get("name") == "root-stable")
+    out = subprocess.run(["debugfs", "-R", f"cat {path}", f"{raw}?offset={root['start'] * 512}"],
+                         capture_output=True, check=True).stdout
+    raw.unlink()
+    return out

@@ -98,8 +98,26 @@ def cmd_test(args: argparse.Namespace) -> int:
                 keys_for(char)
         except (UnicodeDecodeError, ScreenError) as err:
             return _usage_error(f"--answer {spec!r}: {err}")
+    passphrase = None
+    if model.cluster.stick_secrets == "passphrase" and any(
+            img.installer and (not hosts or set(img.hosts) & set(hosts)) for img in model.images.values()):
+        from builder.passphrase import PassphraseError, stick_passphrase
+
+        try:
+            passphrase = stick_passphrase(args.stick_passphrase_file, confirm=False)
+        except PassphraseError as err:
+            return _usage_error(str(err))
+        if passphrase is None:
+            return _usage_error(f"{args.profile}: the stick's host keys are sealed (cluster.stick_secrets: "
+                                "passphrase) and first boot asks for the passphrase: give --stick-passphrase-file "
+                                "FILE or $CLUSTERCTL_STICK_PASSPHRASE, or run on a terminal to be asked")
+        try:
+            for char in passphrase:
+                keys_for(char)
+        except ScreenError as err:
+            return _usage_error(f"the stick passphrase cannot be typed on the emulated keyboard: {err}")
     try:
-        runs = plan_runs(model, images_dir, checked_board, hosts, answers)
+        runs = plan_runs(model, images_dir, checked_board, hosts, answers, passphrase)
     except (ProfileInvalid, BoardError) as err:
         return _usage_error(str(err))
     if not runs:
@@ -163,4 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="keys to type on that host's (or board's) keyboard when the wizard asks, instead of "
                         "accepting its own host: backslash escapes work, e.g. 'right=o2\\ny\\n' (another host, "
                         "the second, install) or 'left=q\\n' (quit) or 'left=s\\n' (a shell) (repeatable)")
+    t.add_argument("--stick-passphrase-file", metavar="FILE",
+                   help="a sealed stick's passphrase, typed when first boot asks (default "
+                        "$CLUSTERCTL_STICK_PASSPHRASE, else asked on the terminal)")
     t.set_defaults(func=cmd_test)
