@@ -126,6 +126,8 @@ def test_the_plan_warns_of_a_clear_stick_and_keys_a_sealed_one(tmp_path: Path) -
     other = make_plan(load_profile(sealed_profile(tmp_path)), out_dir=tmp_path,
                       secrets_digest={"stick": "sealed 5678"})
     assert next(s for s in other.stages.values() if s.kind == "image").key != image.key  # a new passphrase
+    shown = clusterctl("plan", str(ROOT / "profiles" / "dual-nano-itx.yaml"), "--out", str(tmp_path / "images"))
+    assert shown.returncode == 0 and "warning: images.stick:" in shown.stderr and "in the clear" in shown.stderr
 
 
 # --- first boot --------------------------------------------------------------------------------

@@ -99,18 +99,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.profile, args.json, build_folders(args))
     if isinstance(loaded, int):
         return loaded
-    from builder.plan import PlanError
+    from builder.plan import PlanError, make_plan
 
     try:
         images = plan_rows(loaded)
         stages = _stages(loaded, args.cache_dir, args.out)
+        warnings = make_plan(loaded, out_dir=args.out).warnings
     except PlanError as err:
         print(f"clusterctl: {err}", file=sys.stderr)
         return exitcodes.USAGE
     if args.json:
         print(json.dumps({"profile": loaded.path, "cluster": loaded.name, "images": images,
-                          "stages": stages}, indent=2))
+                          "stages": stages, "warnings": warnings}, indent=2))
         return exitcodes.OK
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     console = Console()
     table = Table(title=f"clusterctl plan: {loaded.name} ({loaded.path})")
     for col in ("image", "type", "host", "role", "board", "OSes (first is default)"):
