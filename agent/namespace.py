@@ -23,10 +23,13 @@ import errno
 import os
 import shlex
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from agent import control
+from agent.control import Policy
 from agent.eventbus import EventBus, EventReader
 from agent.ninep.localfs import Export
 from agent.ninep.node import Node, fail
@@ -34,15 +37,18 @@ from agent.ninep.synth import DataDir, StreamFile, StreamHandle, SynthDir, Synth
 from agent.state import osinfo, svc
 from agent.state.hw import Inventory
 
-# What the owner may let remote writers do through ctl files (``--ctl-allow``).
-CTL_CAPABILITIES = ("event", "refresh", "svc")
+# What the owner may let remote writers do through ctl files (``--ctl-allow``); on a deployed
+# host, what the profile's roles.<role>.control lets a peer do (agent/control.py).
+CTL_CAPABILITIES = ("event", "refresh", "svc", "power")
+POWER_VERBS = ("reboot", "poweroff")
 SVC_CACHE_SECONDS = 2.0
 
 
 class AgentNamespace:
     def __init__(self, exports: Iterable[Export], bus: EventBus | None = None,
                  ctl_allow: Iterable[str] = (), hostname: str | None = None,
-                 connections: Callable[[], int] | None = None) -> None:
+                 connections: Callable[[], int] | None = None, policy: Policy | None = None,
+                 power: Callable[[str], None] | None = None) -> None:
         self.exports: dict[str, Export] = {}
         for i, exp in enumerate(exports):
             if exp.name in self.exports:
@@ -55,6 +61,8 @@ class AgentNamespace:
         if unknown:
             raise ValueError(f"unknown ctl capabilities: {', '.join(sorted(unknown))}")
         self.ctl_allow = frozenset(ctl_allow)
+        self.policy = policy
+        self.power = power or _systemctl_power
         self.bus = bus or EventBus()
         self.hostname = hostname or socket.gethostname()
         self.connections = connections or (lambda: 0)
@@ -74,7 +82,7 @@ class AgentNamespace:
         root.add(SynthDir("svc", root, self._svc_children))
         root.add(SynthFile("status", root, lambda: render_json(self.status())))
         root.add(StreamFile("events", root, lambda: StreamHandle(EventReader(self.bus).next_chunk)))
-        root.add(SynthFile("ctl", root, self._ctl_help, self._ctl_write, lambda: bool(self.ctl_allow)))
+        root.add(SynthFile("ctl", root, self._ctl_help, self._ctl_write, self._ctl_writable))
         return root
 
     def attach(self, aname: str, uname: str, n_uname: int) -> Node:
@@ -98,6 +106,7 @@ class AgentNamespace:
             "connections": self.connections(),
             "events": self.bus.seq,
             "ctl": sorted(self.ctl_allow),
+            "control": "by the profile's roles.*.control" if self.policy is not None else None,
             "systemd": svc.systemd_running(),
         }
 
@@ -117,26 +126,46 @@ class AgentNamespace:
                 d.add(SynthFile(key, d, _const(render_scalar(unit[key]))))
             d.add(SynthFile("json", d, _const(render_json(unit))))
             d.add(SynthFile("ctl", d, _const(f"{' '.join(svc.VERBS)}\n".encode()),
-                            self._svc_ctl(unit["name"]), lambda: "svc" in self.ctl_allow))
+                            self._svc_ctl(unit["name"]), lambda: "svc" in self.ctl_allow or self.policy is not None))
             out[name] = d
         return out
 
     # -- ctl -----------------------------------------------------------------------------
+    def _ctl_writable(self) -> bool:
+        return bool(self.ctl_allow) or self.policy is not None
+
     def _ctl_help(self) -> bytes:
         lines = []
-        if "event" in self.ctl_allow:
+        allowed = set(CTL_CAPABILITIES) if self.policy is not None else self.ctl_allow
+        if "event" in allowed:
             lines.append("event NAME [KEY=VALUE ...]   publish an event on the events stream")
-        if "refresh" in self.ctl_allow:
+        if "refresh" in allowed:
             lines.append("refresh                      re-read the hardware inventory now")
-        if "svc" in self.ctl_allow:
+        if "svc" in allowed:
             lines.append(f"svc {'|'.join(svc.VERBS)} UNIT  queue a systemd job")
+        if "power" in allowed:
+            lines.append("reboot | poweroff             restart or power off this host")
+        if self.policy is not None:
+            lines.append(f"(hosts of roles whose control lists {self.policy.role} may; others may only look)")
         if not lines:
             lines.append("(no commands allowed on this host)")
         return ("\n".join(lines) + "\n").encode()
 
-    def _need(self, capability: str) -> None:
-        if capability not in self.ctl_allow:
-            raise fail(errno.EPERM, f"ctl command {capability!r} is not allowed here")
+    def _need(self, capability: str, command: str) -> str:
+        """Who asks, if they may; else EPERM and a ``refused`` event naming them."""
+        req = control.current.get() or control.Requester(None, -1)
+        people = self.policy.people if self.policy is not None else {}
+        who = req.who(people)
+        if self.policy is not None and req.host is not None:
+            why = self.policy.refusal(req)
+        elif capability in self.ctl_allow:
+            why = None
+        else:
+            why = f"ctl command {capability!r} is not allowed here"
+        if why is not None:
+            self.bus.publish("refused", command=command, by=who, reason=why)
+            raise fail(errno.EPERM, why)
+        return who
 
     def _ctl_write(self, data: bytes) -> None:
         for raw in data.decode("utf-8", "replace").splitlines():
@@ -149,36 +178,52 @@ class AgentNamespace:
 
     def run_command(self, words: list[str]) -> None:
         cmd, args = words[0], words[1:]
+        command = shlex.join(words)
         if cmd == "event":
-            self._need("event")
+            who = self._need("event", command)
             if not args or any("=" not in a for a in args[1:]):
                 raise fail(errno.EINVAL, "usage: event NAME [KEY=VALUE ...]")
-            self.bus.publish(args[0], source="ctl", **dict(a.split("=", 1) for a in args[1:]))
+            self.bus.publish(args[0], source="ctl", by=who, **dict(a.split("=", 1) for a in args[1:]))
         elif cmd == "refresh":
-            self._need("refresh")
+            who = self._need("refresh", command)
             self.inventory.refresh()
-            self.bus.publish("hw", source="ctl", state="refreshed")
+            self.bus.publish("hw", source="ctl", state="refreshed", by=who)
         elif cmd == "svc":
-            self._need("svc")
             if len(args) != 2:
                 raise fail(errno.EINVAL, "usage: svc VERB UNIT")
             self._svc_ctl(args[1])(args[0].encode())
+        elif cmd in POWER_VERBS:
+            if args:
+                raise fail(errno.EINVAL, f"usage: {cmd}")
+            who = self._need("power", command)
+            self.bus.publish("ctl", command=cmd, by=who)
+            try:
+                self.power(cmd)
+            except RuntimeError as exc:
+                raise fail(errno.EIO, str(exc)) from None
         else:
             raise fail(errno.EINVAL, f"unknown ctl command {cmd!r}")
 
     def _svc_ctl(self, unit: str) -> Callable[[bytes], None]:
         def run(data: bytes) -> None:
-            self._need("svc")
             verb = data.decode("utf-8", "replace").strip()
+            who = self._need("svc", f"svc {verb} {unit}")
             try:
                 svc.control(unit, verb)
             except ValueError as exc:
                 raise fail(errno.EINVAL, str(exc)) from None
             except RuntimeError as exc:
                 raise fail(errno.EIO, str(exc)) from None
-            self.bus.publish("svc", unit=unit, request=verb, source="ctl")
+            self.bus.publish("svc", unit=unit, request=verb, source="ctl", by=who)
 
         return run
+
+
+def _systemctl_power(verb: str) -> None:
+    """Queue the reboot or power-off and return at once: the ctl write's reply still goes out."""
+    proc = subprocess.run(["systemctl", "--no-block", verb], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"systemctl {verb}: {proc.stderr.strip() or proc.returncode}")
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from agent import auth
 from agent import identity as idm
 from agent.auth import HandshakeError
+from agent.control import Policy
 from agent.eventbus import EventBus
 from agent.namespace import AgentNamespace
 from agent.ninep import creds, proto
@@ -105,8 +106,10 @@ class GatedServer:
     ``clusterctl agent serve`` would refuse to load."""
 
     def __init__(self, ident: idm.HostIdentity | None, export: Path | None, timeout: float = auth.TIMEOUT, *,
-                 exports: list[Export] | None = None, people: creds.People | None = None) -> None:
-        """``ident`` None: no handshake; ``exports`` instead of the one read-only ``export``."""
+                 exports: list[Export] | None = None, people: creds.People | None = None,
+                 policy: Policy | None = None, power: Callable[[str], None] | None = None) -> None:
+        """``ident`` None: no handshake; ``exports`` instead of the one read-only ``export``;
+        ``policy`` and ``power``: who may act through ctl, and what a reboot does (agent.control)."""
         self.loop = asyncio.new_event_loop()
         self.events: list[dict[str, object]] = []
         ready = threading.Event()
@@ -115,8 +118,9 @@ class GatedServer:
             asyncio.set_event_loop(self.loop)
 
             async def start() -> None:
-                ns = AgentNamespace(exports or [Export("data", str(export), True)], EventBus(),
-                                    hostname=ident.host if ident is not None else "vault")
+                served = exports if exports is not None else [Export("data", str(export), True)]
+                self.ns = ns = AgentNamespace(served, EventBus(), hostname=ident.host if ident is not None else "vault",
+                                              policy=policy, power=power)
                 gate = auth.gate_for(ident, timeout) if ident is not None else None
                 self.server = Server(ns, gate=gate, people=people,
                                      on_event=lambda event, **f: self.events.append({"event": event, **f}))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.control import Policy
 from agent.identity import HostIdentity, IdentityError, check_host_name, load_host_identity
 from core.model import ModelError, Profile, Volume
 
@@ -55,6 +56,7 @@ class AgentConfig:
     lan: str | None = None
     people: dict[int, str] = field(default_factory=dict)  # uid → name: the cluster's users
     trust_root: tuple[str, ...] = ()  # this role's exports where a peer's root stays root
+    policy: Policy | None = None  # who may act here through ctl (roles.<role>.control)
 
     @property
     def mesh(self) -> ipaddress.IPv6Address:
@@ -159,4 +161,7 @@ def load(etc: Path = ETC) -> AgentConfig:
         prefix=prefix, exports=role_exports(profile, facts.get("role")), members=members,
         namespace=Path(fusion.namespace), port=fusion.port, seeds=list(fusion.seeds), lan=facts.get("address"),
         people={u.uid: u.name for u in profile.cluster.users if u.uid is not None},
-        trust_root=own_role.trust_root if own_role else ())
+        trust_root=own_role.trust_root if own_role else (),
+        policy=Policy.from_profile(facts.get("role"), {n: h.role for n, h in profile.hosts.items()},
+                                   {n: r.control for n, r in profile.roles.items()},
+                                   [(u.name, u.uid, u.groups) for u in profile.cluster.users]))

@@ -205,7 +205,7 @@ class Agent:
         self.members.link_namespace()
         started: asyncio.Future[list[str]] = loop.create_future()
         server = loop.create_task(serve(exports, [self.listen], hostname=cfg.host, gate=self.gate(),
-                                        started=started, people=self.people()))
+                                        started=started, people=self.people(), policy=cfg.policy))
         self.tasks.append(server)
         done, _ = await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
         if server in done:

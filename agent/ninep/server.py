@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from agent import control
 from agent.ninep import creds, proto
 from agent.ninep.handlers import MAX_FIDS, MAX_WAITING, Fid, Handlers, Namespace, lerror
 from agent.ninep.localfs import LocalNode
@@ -277,7 +278,9 @@ class Connection(Handlers, asyncio.BufferedProtocol):
                 raise fail(errno.EOPNOTSUPP, f"message type {mtype}")
             if not self.versioned and mtype != proto.TVERSION:
                 raise fail(errno.EPROTO, "no Tversion yet")
-            if self.server.people is not None and mtype not in _NO_FID:
+            if mtype == proto.TWRITE:
+                out = self._as_requester(handler, tag, body)
+            elif self.server.people is not None and mtype not in _NO_FID:
                 out = self._as_person(handler, tag, body)
             else:
                 out = handler(tag, body)
@@ -300,6 +303,17 @@ class Connection(Handlers, asyncio.BufferedProtocol):
             old.cancel()
         self.waiting[tag] = task
         self._update_reading()
+
+    def _as_requester(self, handler: Callable[[int, memoryview], Any], tag: int, body: memoryview) -> Any:
+        """A write, with who sent it known to what runs it (a ctl command: agent.control)."""
+        f = self.fids.get(_U32.unpack_from(body)[0]) if len(body) >= 4 else None
+        token = control.current.set(control.Requester(self.admitted, f.uid if f is not None else -1))
+        try:
+            if self.server.people is not None:
+                return self._as_person(handler, tag, body)
+            return handler(tag, body)
+        finally:
+            control.current.reset(token)
 
     def _as_person(self, handler: Callable[[int, memoryview], Any], tag: int, body: memoryview) -> Any:
         """Run a request on an exported file as the person its fid was attached for; the

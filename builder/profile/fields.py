@@ -218,6 +218,10 @@ ROLE = Record(
         Field("trust_root", ListOf(Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "an export's name"), unique=True),
               "exports in which root on a peer acts as root here; in the others a peer's root is nobody, "
               "as are uids that are no person's of `cluster.users`", default=[]),
+        Field("control", ListOf(Ref("roles"), unique=True),
+              "roles whose hosts this role's hosts may control through their ctl files (reboot, poweroff, "
+              "boot another OS once, systemd units, wake): root or a person of the sudo group on a host of "
+              "this role asks, the target agrees; everyone else may look but not act", default=[]),
         Field("volumes", MapOf(VOLUME, key=VOLUME_NAME, what="volume"),
               "data disks formatted when blank and mounted at every boot: name → path and disk", default={}),
         Field("match", HOST_SELECTOR, "how first boot recognises a host of this role", default={}),
