@@ -105,6 +105,16 @@ def add_commands(sub: Any) -> None:
     st.add_argument("--run-dir", default="/run/clusterctl", metavar="DIR")
     st.set_defaults(func=_status)
 
+    mg = sub.add_parser("manage", help="every host of the cluster in one live view; act on one",
+                        description="The cluster as this host sees it, live: online, role, board, the OS each "
+                                    "runs and can boot, uptime, load, memory, disk, failed units, last events. "
+                                    "With HOST COMMAND: send the command to HOST's ctl file (reboot, poweroff, "
+                                    "svc VERB UNIT); the host decides whether you may (docs/manage.md).")
+    from agent import manage_cmd
+
+    manage_cmd.add_arguments(mg)
+    mg.set_defaults(func=manage_cmd.run)
+
 
 def add_inventory(sub: Any) -> None:
     """The host's own ``clusterctl inventory`` (the build machine's has more: --match, --suggest)."""

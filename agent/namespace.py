@@ -10,6 +10,7 @@ Attach names (aname) select what a mount sees:
       svc/<unit>/...    systemd units: load, active, sub, description, ctl
       status            the agent: host, exports, connections, event count (JSON)
       events            a blocking read returning the next change event line(s)
+      recent            the last 20 events, at once
       ctl               text commands (allowed ones listed when read)
 
 - ``"fs/<export>"`` or ``"<export>"``: that export's root alone.
@@ -36,12 +37,14 @@ from agent.ninep.node import Node, fail
 from agent.ninep.synth import DataDir, StreamFile, StreamHandle, SynthDir, SynthFile, render_json, render_scalar
 from agent.state import osinfo, svc
 from agent.state.hw import Inventory
+from core.events import emit
 
 # What the owner may let remote writers do through ctl files (``--ctl-allow``); on a deployed
 # host, what the profile's roles.<role>.control lets a peer do (agent/control.py).
 CTL_CAPABILITIES = ("event", "refresh", "svc", "power")
 POWER_VERBS = ("reboot", "poweroff")
 SVC_CACHE_SECONDS = 2.0
+RECENT = 20  # events the ``recent`` file holds
 
 
 class AgentNamespace:
@@ -82,6 +85,8 @@ class AgentNamespace:
         root.add(SynthDir("svc", root, self._svc_children))
         root.add(SynthFile("status", root, lambda: render_json(self.status())))
         root.add(StreamFile("events", root, lambda: StreamHandle(EventReader(self.bus).next_chunk)))
+        # The last events at once (a reader of ``events`` sees only what comes after it opens).
+        root.add(SynthFile("recent", root, lambda: b"".join(line for _, line in list(self.bus.ring)[-RECENT:])))
         root.add(SynthFile("ctl", root, self._ctl_help, self._ctl_write, self._ctl_writable))
         return root
 
@@ -108,6 +113,11 @@ class AgentNamespace:
             "ctl": sorted(self.ctl_allow),
             "control": "by the profile's roles.*.control" if self.policy is not None else None,
             "systemd": svc.systemd_running(),
+            # What a manager shows of the host (agent/manage.py): the system it runs, its units
+            # that failed, and how full its root and its exports are.
+            "os": osinfo.running_os(),
+            "failed_units": sorted(u["name"] for u in self._units() if u["active"] == "failed"),
+            "space": {"/": _space("/"), **{e.name: _space(e.path) for e in self.exports.values()}},
         }
 
     def _units(self) -> list[dict[str, Any]]:
@@ -151,6 +161,11 @@ class AgentNamespace:
             lines.append("(no commands allowed on this host)")
         return ("\n".join(lines) + "\n").encode()
 
+    def _audit(self, event: str, **fields: Any) -> None:
+        """An action or a refusal: on the events stream, and on the console (the journal) too."""
+        self.bus.publish(event, **fields)
+        emit(event, host=self.hostname, **fields)
+
     def _need(self, capability: str, command: str) -> str:
         """Who asks, if they may; else EPERM and a ``refused`` event naming them."""
         req = control.current.get() or control.Requester(None, -1)
@@ -163,7 +178,7 @@ class AgentNamespace:
         else:
             why = f"ctl command {capability!r} is not allowed here"
         if why is not None:
-            self.bus.publish("refused", command=command, by=who, reason=why)
+            self._audit("refused", command=command, by=who, reason=why)
             raise fail(errno.EPERM, why)
         return who
 
@@ -196,7 +211,7 @@ class AgentNamespace:
             if args:
                 raise fail(errno.EINVAL, f"usage: {cmd}")
             who = self._need("power", command)
-            self.bus.publish("ctl", command=cmd, by=who)
+            self._audit("ctl", command=cmd, by=who)
             try:
                 self.power(cmd)
             except RuntimeError as exc:
@@ -214,7 +229,7 @@ class AgentNamespace:
                 raise fail(errno.EINVAL, str(exc)) from None
             except RuntimeError as exc:
                 raise fail(errno.EIO, str(exc)) from None
-            self.bus.publish("svc", unit=unit, request=verb, source="ctl", by=who)
+            self._audit("svc", unit=unit, request=verb, source="ctl", by=who)
 
         return run
 
@@ -224,6 +239,15 @@ def _systemctl_power(verb: str) -> None:
     proc = subprocess.run(["systemctl", "--no-block", verb], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise RuntimeError(f"systemctl {verb}: {proc.stderr.strip() or proc.returncode}")
+
+
+def _space(path: str) -> dict[str, int] | None:
+    """Bytes in all and in use of the file system holding ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return {"size": st.f_blocks * st.f_frsize, "used": (st.f_blocks - st.f_bfree) * st.f_frsize}
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

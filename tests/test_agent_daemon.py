@@ -94,7 +94,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Path], str]]:
     # The FUSE client (this machine has no 9p module) attaches once, as the mounting root: the
     # store trusts a peer's root in its drive, or root would be nobody there (agent.ninep.creds).
     roles = {"store": {"exports": {"drive": str(tmp_path / "drive")}, "trust_root": ["drive"]},
-             "screen": {"exports": {}}}
+             "screen": {"exports": {}, "control": ["store"]}}  # a screen may act on the store, not back
     etcs = make_cluster(tmp_path, cluster, {"alpha": "store", "beta": "screen"}, roles,
                         fusion={"seeds": [], "port": PORT})
     net = mesh_prefix(cluster)
@@ -181,3 +181,99 @@ def test_a_host_of_another_ca_is_refused_both_ways(lab: tuple[Path, dict[str, Pa
     finally:
         stranger.stop()
         beta.stop()
+
+
+def manage(agent: AgentProc, etc: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "manage", "--run-dir", str(agent.run_dir), "--profile",
+                           str(etc / "profile.json"), *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_manage_shows_every_host_and_acts_only_where_the_profile_allows(
+        lab: tuple[Path, dict[str, Path], str]) -> None:
+    """``clusterctl manage`` on beta: both hosts with what their agents serve; beta (a screen)
+    may act on alpha (the store), alpha may not act on beta: EPERM, and beta's event names alpha."""
+    base, etcs, _cluster = lab
+    alpha, beta = AgentProc("alpha", etcs["alpha"], base), AgentProc("beta", etcs["beta"], base)
+    try:
+        beta.wait_event(peer_is("alpha", "mounted"), 30)
+        alpha.wait_event(peer_is("beta", "mounted"), 30)
+        sent = manage(beta, etcs["beta"], "alpha", "event", "deploy", "version=7")
+        assert sent.returncode == 0, sent.stderr
+        snap = json.loads(manage(beta, etcs["beta"], "--json").stdout)
+        hosts = {h["host"]: h for h in snap["hosts"]}
+        assert snap["seen_from"] == "beta" and set(hosts) == {"alpha", "beta"}
+        a = hosts["alpha"]
+        assert (a["online"], a["role"], a["board"], a["oses"], a["default_os"]) == (True, "store", "cloud-vm",
+                                                                                    ["stable"], "stable")
+        assert a["space"]["drive"]["size"] > 0 and a["space"]["/"]["size"] > 0 and a["memory"]["total"] > 0
+        assert a["uptime"] > 0 and isinstance(a["failed_units"], list)
+        deploy = [e for e in a["recent"] if e["event"] == "deploy"]
+        assert deploy and deploy[-1]["version"] == "7" and deploy[-1]["by"] == "beta/root"
+        assert hosts["beta"]["self"] and hosts["beta"]["memory"]["total"] > 0
+        refused = manage(alpha, etcs["alpha"], "beta", "event", "deploy", "version=8")
+        assert refused.returncode == 1 and "beta refused" in refused.stderr, refused.stderr
+        ev = beta.wait_event(lambda e: e.get("event") == "refused", 10)
+        assert ev["by"] == "alpha/root" and "role store may not control role screen" in ev["reason"]
+        text = manage(beta, etcs["beta"], "--once").stdout
+        assert "2 of 2 hosts online" in text and "alpha" in text and "deploy" in text
+        usage = manage(beta, etcs["beta"], "gamma")
+        assert usage.returncode == 2 and "no host 'gamma'" in usage.stderr
+    finally:
+        alpha.stop()
+        beta.stop()
+
+
+def test_the_live_view_changes_when_a_peer_sends_an_event(lab: tuple[Path, dict[str, Path], str]) -> None:
+    """``clusterctl manage`` on a terminal (a pty of 200x50): the full-screen view, redrawn when
+    alpha's events file brings an event, not on a timer; keys move the pick, q quits; a reboot
+    asked with r is only sent after y (here: n, so nothing is sent)."""
+    import fcntl
+    import pty
+    import select as sel
+    import struct
+    import termios
+
+    base, etcs, _cluster = lab
+    alpha, beta = AgentProc("alpha", etcs["alpha"], base), AgentProc("beta", etcs["beta"], base)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    seen = b""
+
+    def shown(needle: str, timeout: float = 20) -> float:
+        nonlocal seen
+        start = time.monotonic()
+        while needle.encode() not in seen:
+            assert time.monotonic() - start < timeout, f"{needle!r} never shown: {seen[-3000:]!r}"
+            if sel.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+        return time.monotonic() - start
+
+    try:
+        beta.wait_event(peer_is("alpha", "mounted"), 30)
+        view = subprocess.Popen([sys.executable, "-m", "agent", "manage", "--run-dir", str(beta.run_dir),
+                                 "--profile", str(etcs["beta"] / "profile.json")], cwd=REPO, stdin=slave,
+                                stdout=slave, stderr=slave, env={**os.environ, "TERM": "xterm"})
+        shown("2 of 2 hosts online")
+        shown("up/down: pick a host")
+        seen = b""
+        assert manage(beta, etcs["beta"], "alpha", "event", "hello-view", "n=1").returncode == 0
+        shown("hello-view")
+        os.write(master, b"j")  # pick the next host: its detail panel
+        shown("runs -")
+        os.write(master, b"r")
+        shown("? y/n")
+        os.write(master, b"n")
+        shown("cancelled")
+        os.write(master, b"q")
+        deadline = time.monotonic() + 20
+        while view.poll() is None and time.monotonic() < deadline:  # keep reading: a full pty blocks its writer
+            if sel.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+        assert view.poll() == 0
+        assert not any(e.get("event") == "ctl" for e in alpha.events)  # nothing was sent
+    finally:
+        alpha.stop()
+        beta.stop()
+        os.close(master)
+        os.close(slave)

@@ -67,7 +67,7 @@ async def connect(server: OurServer, aname: str = "") -> Client:
 def test_layout_and_attach_names(host: OurServer) -> None:
     async def go() -> None:
         c = await connect(host)
-        assert await ls(c, []) == {"fs", "hw", "os", "svc", "status", "events", "ctl"}
+        assert await ls(c, []) == {"fs", "hw", "os", "svc", "status", "events", "recent", "ctl"}
         assert await ls(c, ["fs"]) == {"data"}
         assert await cat(c, ["fs", "data", "f"]) == b"exported"
         await c.close()

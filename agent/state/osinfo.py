@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from typing import Any
@@ -48,3 +49,16 @@ def facts() -> dict[str, Any]:
         "load": {"1": round(load[0], 2), "5": round(load[1], 2), "15": round(load[2], 2)},
         "memory": meminfo(),
     }
+
+
+HOST_FACTS = "/etc/clusterctl/host.json"
+
+
+def running_os(path: str = HOST_FACTS) -> str | None:
+    """The profile's name of the OS this host runs (stable, rescue, ...), from its facts file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("os")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
