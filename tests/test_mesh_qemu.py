@@ -294,6 +294,55 @@ def test_a_pulled_cable_fails_reads_fast_and_the_mount_comes_back(lab: Lab) -> N
     assert w1.succeed(f"{AS_ALICE} sha256sum {BLOB}", timeout=120).split()[0] == digest
 
 
+def test_the_manager_shows_every_host_and_a_role_that_may_not_control_is_refused(lab: Lab) -> None:
+    """``clusterctl manage --json`` on wall-1: every host with its real state; vault (storage:
+    control lists nothing) asking wall-1 to reboot gets EPERM, and wall-1's event names it."""
+    w1, vault = lab.machines["wall-1"], lab.machines["vault"]
+    hosts = {h["host"]: h for h in json.loads(w1.succeed("clusterctl manage --json"))["hosts"]}
+    assert set(hosts) == set(LAB_HOSTS) and all(h["online"] for h in hosts.values())
+    v = hosts["vault"]
+    assert (v["role"], v["board"], v["os"], v["default_os"]) == ("storage", "storage-box", "stable", "stable")
+    assert v["space"]["drive"]["size"] > 0.9 * FOUR_TB and v["memory"]["total"] > 0 and v["uptime"] > 0
+    assert hosts["wall-2"]["board"] == "vesa-mini-pc" and hosts["wall-1"]["self"]
+    mark = len(w1.events)
+    status, _ = vault.execute("clusterctl manage wall-1 reboot 2>/tmp/refused")
+    assert status == 1
+    assert "wall-1 refused 'reboot'" in vault.succeed("cat /tmp/refused")
+    wait_until(w1, lambda ev: any(e.get("event") == "refused" and e.get("by") == "vault/root" for e in ev[mark:]),
+               "wall-1's refused event", 30)
+    assert not [e for e in w1.events[mark:] if e.get("event") == "ctl"]
+    assert float(w1.succeed("cat /proc/uptime").split()[0]) > 60  # still up
+
+
+def test_a_screen_reboots_another_and_the_manager_sees_it_go_and_come_back(lab: Lab) -> None:
+    """``clusterctl manage wall-2 reboot`` on wall-1 (a screen may control screens): wall-2's
+    event names wall-1's root, and wall-1's ``manage --json`` shows wall-2 offline, then online."""
+    w1, w2 = lab.machines["wall-1"], lab.machines["wall-2"]
+    mark = len(w2.events)
+    assert "wall-2: reboot sent" in w1.succeed("clusterctl manage wall-2 reboot")
+    wait_until(w2, lambda ev: any(e.get("event") == "ctl" and e.get("by") == "wall-1/root" for e in ev[mark:]),
+               "wall-2's ctl event", 30)
+
+    def wall2_online() -> bool:
+        snap = json.loads(w1.succeed("clusterctl manage --json wall-2"))
+        return bool(snap["hosts"][0]["online"])
+
+    went = back = None
+    start = time.monotonic()
+    while time.monotonic() - start < BOOT and back is None:
+        online = wall2_online()
+        if not online and went is None:
+            went = time.monotonic() - start
+        elif online and went is not None:
+            back = time.monotonic() - start
+        time.sleep(2)
+    assert went is not None, "wall-1 never saw wall-2 offline"
+    assert back is not None, "wall-1 never saw wall-2 back"
+    print(f"\nwall-2 offline in wall-1's manager after {went:.0f} s, back after {back:.0f} s")
+    ready = [e for e in w2.events[mark:] if e.get("event") == "ready"]
+    assert ready and ready[-1]["host"] == "wall-2"
+
+
 def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:
     # Three guests at most: wall-2 goes before the stranger comes.
     assert lab.machines["wall-2"].power_off(timeout=120)
