@@ -90,7 +90,8 @@ class View:
             "host": name, "role": member.get("role"), "online": bool(member.get("online")),
             "self": bool(member.get("self")), "state": member.get("state"), "since": member.get("since"),
             "board": spec.board if spec else None,
-            "oses": list(self.profile.oses_of_host(name)) if spec else [],
+            # What its own boot menu offers: ISOs stay on the stick (docs/isos.md).
+            "oses": [o for o in self.profile.oses_of_host(name) if self.profile.oses[o].is_debian] if spec else [],
             "exports": member.get("exports") or {},
         }
         row["default_os"] = row["oses"][0] if row["oses"] else None

@@ -24,7 +24,8 @@ from core.model import ModelError, Profile
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("host", nargs="?", help="show only this host (its detail), or act on it")
     p.add_argument("command", nargs=argparse.REMAINDER,
-                   help="an action for HOST's ctl file: reboot, poweroff, svc start|stop|restart|reload UNIT")
+                   help="an action for HOST's ctl file: reboot, poweroff, boot OS (the next boot only), "
+                        "svc start|stop|restart|reload UNIT")
     p.add_argument("--once", action="store_true", help="print the view once and exit (no live screen)")
     p.add_argument("--json", action="store_true", help="print the view as JSON once and exit")
     p.add_argument("--profile", default=str(PROFILE), help=argparse.SUPPRESS)
@@ -54,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"no host {args.host!r} in the cluster (hosts: {', '.join(names)})", exitcodes.USAGE)
     namespace = Path(view.members().get("namespace") or "/n")
     if args.command:
+        row = next(h for h in snap["hosts"] if h["host"] == args.host)
+        if args.command[0] == "boot" and (len(args.command) != 2 or args.command[1] not in row["oses"]):
+            return _fail(f"{args.host} boots {', '.join(row['oses']) or 'nothing of its own'}: "
+                         f"use 'boot OS' with one of them", exitcodes.USAGE)
         problem = act(namespace, args.host, " ".join(args.command))
         if problem:
             return _fail(problem)

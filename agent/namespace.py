@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent import control
+from agent.bootctl import BootControl
 from agent.control import Policy
 from agent.eventbus import EventBus, EventReader
 from agent.ninep.localfs import Export
@@ -41,7 +42,7 @@ from core.events import emit
 
 # What the owner may let remote writers do through ctl files (``--ctl-allow``); on a deployed
 # host, what the profile's roles.<role>.control lets a peer do (agent/control.py).
-CTL_CAPABILITIES = ("event", "refresh", "svc", "power")
+CTL_CAPABILITIES = ("event", "refresh", "svc", "power", "boot")
 POWER_VERBS = ("reboot", "poweroff")
 SVC_CACHE_SECONDS = 2.0
 RECENT = 20  # events the ``recent`` file holds
@@ -51,7 +52,7 @@ class AgentNamespace:
     def __init__(self, exports: Iterable[Export], bus: EventBus | None = None,
                  ctl_allow: Iterable[str] = (), hostname: str | None = None,
                  connections: Callable[[], int] | None = None, policy: Policy | None = None,
-                 power: Callable[[str], None] | None = None) -> None:
+                 power: Callable[[str], None] | None = None, boot: BootControl | None = None) -> None:
         self.exports: dict[str, Export] = {}
         for i, exp in enumerate(exports):
             if exp.name in self.exports:
@@ -66,6 +67,7 @@ class AgentNamespace:
         self.ctl_allow = frozenset(ctl_allow)
         self.policy = policy
         self.power = power or _systemctl_power
+        self.boot = boot
         self.bus = bus or EventBus()
         self.hostname = hostname or socket.gethostname()
         self.connections = connections or (lambda: 0)
@@ -155,6 +157,8 @@ class AgentNamespace:
             lines.append(f"svc {'|'.join(svc.VERBS)} UNIT  queue a systemd job")
         if "power" in allowed:
             lines.append("reboot | poweroff             restart or power off this host")
+        if "boot" in allowed and self.boot is not None:
+            lines.append(f"boot {'|'.join(self.boot.oses)}  that OS on the next boot only, then the default")
         if self.policy is not None:
             lines.append(f"(hosts of roles whose control lists {self.policy.role} may; others may only look)")
         if not lines:
@@ -216,6 +220,17 @@ class AgentNamespace:
                 self.power(cmd)
             except RuntimeError as exc:
                 raise fail(errno.EIO, str(exc)) from None
+        elif cmd == "boot" and self.boot is not None:
+            if len(args) != 1:
+                raise fail(errno.EINVAL, f"usage: boot {'|'.join(self.boot.oses)}")
+            who = self._need("boot", command)
+            try:
+                disk = self.boot.next_boot(args[0])
+            except ValueError as exc:
+                raise fail(errno.EINVAL, str(exc)) from None
+            except RuntimeError as exc:
+                raise fail(errno.EIO, str(exc)) from None
+            self._audit("ctl", command="boot", os=args[0], disk=disk, by=who)
         else:
             raise fail(errno.EINVAL, f"unknown ctl command {cmd!r}")
 

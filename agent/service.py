@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from agent.bootctl import BootControl
 from agent.control import Policy
 from agent.eventbus import EventBus
 from agent.namespace import AgentNamespace
@@ -115,11 +116,13 @@ async def serve(exports: list[Export], listen: list[str], *, ctl_allow: Iterable
                 max_msize: int = 1 << 20, hostname: str | None = None,
                 started: asyncio.Future[list[str]] | None = None,
                 gate: Callable[..., asyncio.BaseProtocol] | None = None,
-                people: People | None = None, policy: Policy | None = None) -> None:
+                people: People | None = None, policy: Policy | None = None,
+                boot: BootControl | None = None) -> None:
     bus = EventBus()
     holder: dict[str, Server] = {}
     ns = AgentNamespace(exports, bus, ctl_allow, hostname,
-                        connections=lambda: len(holder["server"].connections) if holder else 0, policy=policy)
+                        connections=lambda: len(holder["server"].connections) if holder else 0, policy=policy,
+                        boot=boot)
     server = Server(ns, max_msize=max_msize, on_event=bus.publish, gate=gate, people=people)
     holder["server"] = server
     listeners = [await server.listen(a) for a in listen]

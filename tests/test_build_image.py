@@ -400,6 +400,47 @@ def test_bios_boots_the_entry_typed_at_the_prompt(built: dict[str, Any], tmp_pat
     assert ev["os"] == "rescue"
 
 
+def _guest_bytes(disk: Path, offset: int, length: int, tmp: Path) -> bytes:
+    """Bytes of a machine's disk as the guest sees it (its qcow2 overlay over the image)."""
+    out = tmp / "dd.out"
+    subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", f"skip={offset // 512}",
+                    f"count={length // 512}", f"if={disk}", f"of={out}"], check=True, capture_output=True)
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+@pytest.mark.parametrize("board", ["vesa-mini-pc", "storage-box"])
+def test_the_next_boot_only_runs_the_os_named_and_the_loader_clears_it(built: dict[str, Any], tmp_path: Path,
+                                                                      board: str) -> None:
+    """``boot rescue`` as the agent sets it (core/disk/bootonce.py) on a copy of the stick: GRUB
+    under Secure Boot (UEFI) and syslinux (BIOS) boot the rescue system without a key pressed,
+    and each has cleared the one-shot on the disk it booted from, so the next boot is the default."""
+    from core.disk import bootonce
+    from testdriver.board import load_board
+    from testdriver.qemu import Machine
+
+    copy = tmp_path / "stick.img"
+    subprocess.run(["cp", "--sparse=always", str(built["image"]), str(copy)], check=True)
+    uefi = load_board(board).firmware != "bios"
+    bootonce.set_next_boot(str(copy), "rescue", uefi)
+    where = bootonce.EspLocator(str(copy)).tail_offsets(bootonce.GRUBENV if uefi else bootonce.LDLINUX, 2)
+    (tmp_path / "vm").mkdir()
+    try:
+        with Machine(load_board(board), tmp_path / "vm", boot_image=copy) as m:
+            m.start()
+            ev = m.wait_for("ready", timeout=600)
+            assert ev["os"] == "rescue", ev
+        overlay = tmp_path / "vm" / "stick.qcow2"
+        after = b"".join(_guest_bytes(overlay, at, 512, tmp_path) for at in where)
+        if uefi:
+            assert bootonce.parse_grubenv(after).get("next_entry", "") == "", after[:80]
+        else:
+            assert bootonce.parse_adv(after) == {}, "syslinux did not clear its boot-once command"
+    finally:
+        copy.unlink(missing_ok=True)
+
+
 def test_a_failed_stage_is_named_with_its_log(tmp_path: Path) -> None:
     data = yaml.safe_load(PROFILE.read_text())
     data["include"] = [str(PROFILE.parent / i) for i in data.get("include", [])]

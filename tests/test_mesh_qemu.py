@@ -318,6 +318,16 @@ def test_a_screen_reboots_another_and_the_manager_sees_it_go_and_come_back(lab: 
     """``clusterctl manage wall-2 reboot`` on wall-1 (a screen may control screens): wall-2's
     event names wall-1's root, and wall-1's ``manage --json`` shows wall-2 offline, then online."""
     w1, w2 = lab.machines["wall-1"], lab.machines["wall-2"]
+    # The next boot only: the lab's hosts boot one OS, so 'stable' is what it can name; GRUB
+    # takes it from grubenv at the reboot below and clears it (tests/test_build_image.py boots
+    # the rescue system that way on both firmwares).
+    status, _ = w1.execute("clusterctl manage wall-2 boot rescue 2>/tmp/usage")
+    assert status == 2 and "wall-2 boots stable" in w1.succeed("cat /tmp/usage")
+    mark = len(w2.events)
+    assert "wall-2: boot stable sent" in w1.succeed("clusterctl manage wall-2 boot stable")
+    wait_until(w2, lambda ev: any(e.get("event") == "ctl" and e.get("command") == "boot" and e.get("os") == "stable"
+                                  and e.get("by") == "wall-1/root" for e in ev[mark:]), "wall-2's boot event", 30)
+    assert grub_next(w2) == "stable"
     mark = len(w2.events)
     assert "wall-2: reboot sent" in w1.succeed("clusterctl manage wall-2 reboot")
     wait_until(w2, lambda ev: any(e.get("event") == "ctl" and e.get("by") == "wall-1/root" for e in ev[mark:]),
@@ -339,8 +349,18 @@ def test_a_screen_reboots_another_and_the_manager_sees_it_go_and_come_back(lab: 
     assert went is not None, "wall-1 never saw wall-2 offline"
     assert back is not None, "wall-1 never saw wall-2 back"
     print(f"\nwall-2 offline in wall-1's manager after {went:.0f} s, back after {back:.0f} s")
+    wait_until(w2, lambda ev: any(e.get("event") == "ready" for e in ev[mark:]), "wall-2's ready again", BOOT)
     ready = [e for e in w2.events[mark:] if e.get("event") == "ready"]
-    assert ready and ready[-1]["host"] == "wall-2"
+    assert ready[-1]["host"] == "wall-2" and ready[-1]["os"] == "stable"
+    w2.wait_for_shell()
+    assert grub_next(w2) is None  # GRUB cleared it when it booted
+
+
+def grub_next(m: Machine) -> str | None:
+    """The next_entry in the GRUB environment on the host's own ESP, as GRUB reads it."""
+    out = m.succeed("PYTHONPATH=/usr/lib/clusterctl python3 -c 'from agent.bootctl import root_disk; "
+                    "from core.disk.bootonce import grub_next; print(grub_next(root_disk()))'").strip()
+    return None if out == "None" else out
 
 
 def test_a_foreign_identity_mounts_nothing_and_is_no_member(lab: Lab) -> None:

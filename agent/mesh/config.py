@@ -57,6 +57,7 @@ class AgentConfig:
     people: dict[int, str] = field(default_factory=dict)  # uid → name: the cluster's users
     trust_root: tuple[str, ...] = ()  # this role's exports where a peer's root stays root
     policy: Policy | None = None  # who may act here through ctl (roles.<role>.control)
+    boot_oses: tuple[str, ...] = ()  # what this host's own boot menu offers, default first
 
     @property
     def mesh(self) -> ipaddress.IPv6Address:
@@ -164,4 +165,6 @@ def load(etc: Path = ETC) -> AgentConfig:
         trust_root=own_role.trust_root if own_role else (),
         policy=Policy.from_profile(facts.get("role"), {n: h.role for n, h in profile.hosts.items()},
                                    {n: r.control for n, r in profile.roles.items()},
-                                   [(u.name, u.uid, u.groups) for u in profile.cluster.users]))
+                                   [(u.name, u.uid, u.groups) for u in profile.cluster.users]),
+        boot_oses=tuple(o for o in (profile.oses_of_host(host) if host in profile.hosts else ())
+                        if profile.oses[o].is_debian))

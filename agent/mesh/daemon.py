@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.auth import Gate
+from agent.bootctl import BootControl
 from agent.mesh import discovery
 from agent.mesh.config import AgentConfig, ConfigError
 from agent.mesh.liveness import INTERVAL, MISSES
@@ -205,7 +206,8 @@ class Agent:
         self.members.link_namespace()
         started: asyncio.Future[list[str]] = loop.create_future()
         server = loop.create_task(serve(exports, [self.listen], hostname=cfg.host, gate=self.gate(),
-                                        started=started, people=self.people(), policy=cfg.policy))
+                                        started=started, people=self.people(), policy=cfg.policy,
+                                        boot=BootControl(cfg.boot_oses)))
         self.tasks.append(server)
         done, _ = await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
         if server in done:

@@ -142,5 +142,5 @@ def extra_inputs(stage: Stage) -> dict[str, Any]:
     return {"boot_files": {**boot_files_digest(), **(grub_files_digest() if _has_isos(stage) else {})}}
 
 
-KIND = StageKind(name="esp", version=3, tools=("mkfs.vfat", "syslinux"), run=run,
+KIND = StageKind(name="esp", version=4, tools=("mkfs.vfat", "syslinux"), run=run,
                  extra_tools=extra_tools, extra_inputs=extra_inputs)

@@ -77,6 +77,11 @@ def grub_menu(entries: list[BootEntry], timeout_s: int) -> str:
     out = [
         "# clusterctl: made from the entries under /loader/entries (core/disk/bootmenu.py)",
         "set default=0", f"set timeout={timeout_s}",
+        # The next boot only (core/disk/bootonce.py): an entry named in grubenv, then cleared.
+        "if [ -s $prefix/grubenv ]; then load_env --file $prefix/grubenv next_entry; fi",
+        'if [ "${next_entry}" ]; then',
+        '  set default="${next_entry}"', "  set next_entry=", "  save_env --file $prefix/grubenv next_entry",
+        "fi",
         # A box without a serial port: the menu stays on its screen alone.
         "if serial --unit=0 --speed=115200; then",
         "  terminal_input console serial", "  terminal_output console serial",
