@@ -1,8 +1,9 @@
 """``clusterctl manage`` on a host: every host of the cluster in one view, and actions on them.
 
-What it reads: the agent's membership table (/run/clusterctl/members.json: who is online and
-where it is mounted), the profile (/etc/clusterctl/profile.json: each host's role, board and
-the OSes it boots, default first), and, of each online peer, its ``status`` (the OS it runs,
+What it reads: the agent's membership table (/run/clusterctl/members.json: who is online,
+where it is mounted, and from the profile each host's role, board and the OSes it boots,
+default first), readable by anyone, so a kiosk's unprivileged viewer sees it too; and, of
+each online peer, its ``status`` (the OS it runs,
 failed units, space), ``os/json`` (uptime, load, memory) and ``recent`` (its last events)
 under <namespace>/<host>/. This host's own facts are read locally.
 
@@ -30,9 +31,7 @@ from typing import Any
 from agent.mesh.members import RUN, read_table
 from agent.state import osinfo, svc
 from core.events import parse_line
-from core.model import Profile
 
-PROFILE = Path("/etc/clusterctl/profile.json")
 RECENT_SHOWN = 5
 MEMBERS_CHECK_SECONDS = 1.0
 
@@ -75,9 +74,8 @@ def peer_state(path: Path) -> dict[str, Any]:
 
 @dataclass
 class View:
-    """The cluster as this host sees it: the profile's facts, refreshed state per host."""
+    """The cluster as this host sees it: the table's facts, refreshed state per host."""
 
-    profile: Profile
     run_dir: Path = RUN
 
     def members(self) -> dict[str, Any]:
@@ -85,13 +83,10 @@ class View:
 
     def host_row(self, member: dict[str, Any], namespace: Path) -> dict[str, Any]:
         name = member["host"]
-        spec = self.profile.hosts.get(name)
         row: dict[str, Any] = {
             "host": name, "role": member.get("role"), "online": bool(member.get("online")),
             "self": bool(member.get("self")), "state": member.get("state"), "since": member.get("since"),
-            "board": spec.board if spec else None,
-            # What its own boot menu offers: ISOs stay on the stick (docs/isos.md).
-            "oses": [o for o in self.profile.oses_of_host(name) if self.profile.oses[o].is_debian] if spec else [],
+            "board": member.get("board"), "oses": list(member.get("oses") or []),
             "exports": member.get("exports") or {},
         }
         row["default_os"] = row["oses"][0] if row["oses"] else None
@@ -106,7 +101,7 @@ class View:
 
     def snapshot(self) -> dict[str, Any]:
         table = self.members()
-        namespace = Path(table.get("namespace") or self.profile.cluster.fusion.namespace)
+        namespace = Path(table.get("namespace") or "/n")
         return {"cluster": table.get("cluster"), "seen_from": table.get("host"), "time": round(time.time(), 3),
                 "hosts": [self.host_row(m, namespace) for m in table.get("members", [])]}
 

@@ -15,10 +15,9 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from agent.manage import PROFILE, View, act, live
+from agent.manage import View, act, live
 from agent.mesh.members import RUN
 from core import exitcodes
-from core.model import ModelError, Profile
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "svc start|stop|restart|reload UNIT")
     p.add_argument("--once", action="store_true", help="print the view once and exit (no live screen)")
     p.add_argument("--json", action="store_true", help="print the view as JSON once and exit")
-    p.add_argument("--profile", default=str(PROFILE), help=argparse.SUPPRESS)
+    p.add_argument("--viewer", action="store_true",
+                   help="look, never act (a kiosk's screen: the keys that act are refused)")
     p.add_argument("--run-dir", default=str(RUN), metavar="DIR", help=argparse.SUPPRESS)
 
 
@@ -43,17 +43,19 @@ def run(args: argparse.Namespace) -> int:
     from agent.manage_view import detail, table
 
     try:
-        view = View(Profile.read(args.profile), Path(args.run_dir))
+        view = View(Path(args.run_dir))
         snap = view.snapshot()
     except FileNotFoundError as e:
         return _fail(f"{e.filename} is missing: the agent has not run on this host (systemctl status "
                      "clusterctl-agent)")
-    except (OSError, ValueError, ModelError) as e:
+    except (OSError, ValueError) as e:
         return _fail(str(e))
     names = [h["host"] for h in snap["hosts"]]
     if args.host and args.host not in names:
         return _fail(f"no host {args.host!r} in the cluster (hosts: {', '.join(names)})", exitcodes.USAGE)
     namespace = Path(view.members().get("namespace") or "/n")
+    if args.command and args.viewer:
+        return _fail("a viewer does not act", exitcodes.USAGE)
     if args.command:
         row = next(h for h in snap["hosts"] if h["host"] == args.host)
         if args.command[0] == "boot" and (len(args.command) != 2 or args.command[1] not in row["oses"]):
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         picked = next((h for h in snap["hosts"] if h["host"] == args.host), None)
         console.print(detail(picked) if picked is not None else table(snap))
         return exitcodes.OK
-    return Screen(view, namespace, args.host or (names[0] if names else None), viewer=False).run()
+    return Screen(view, namespace, args.host or (names[0] if names else None), viewer=args.viewer).run()
 
 
 def split_keys(chunk: str) -> list[str]:

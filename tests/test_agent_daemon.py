@@ -184,9 +184,8 @@ def test_a_host_of_another_ca_is_refused_both_ways(lab: tuple[Path, dict[str, Pa
 
 
 def manage(agent: AgentProc, etc: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", "manage", "--run-dir", str(agent.run_dir), "--profile",
-                           str(etc / "profile.json"), *args], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run([sys.executable, "-m", "agent", "manage", "--run-dir", str(agent.run_dir), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 
 def test_manage_shows_every_host_and_acts_only_where_the_profile_allows(
@@ -251,8 +250,8 @@ def test_the_live_view_changes_when_a_peer_sends_an_event(lab: tuple[Path, dict[
 
     try:
         beta.wait_event(peer_is("alpha", "mounted"), 30)
-        view = subprocess.Popen([sys.executable, "-m", "agent", "manage", "--run-dir", str(beta.run_dir),
-                                 "--profile", str(etcs["beta"] / "profile.json")], cwd=REPO, stdin=slave,
+        view = subprocess.Popen([sys.executable, "-m", "agent", "manage", "--run-dir", str(beta.run_dir)],
+                                cwd=REPO, stdin=slave,
                                 stdout=slave, stderr=slave, env={**os.environ, "TERM": "xterm"})
         shown("2 of 2 hosts online")
         shown("up/down: pick a host")

@@ -37,6 +37,8 @@ class Member:
     role: str | None = None
     lan: str | None = None  # the profile's LAN address, if it gives one
     exports: dict[str, str] = field(default_factory=dict)
+    board: str | None = None  # the profile's, for the manager's view
+    oses: tuple[str, ...] = ()  # what its own boot menu offers, default first
 
 
 @dataclass
@@ -66,6 +68,13 @@ class AgentConfig:
     @property
     def peers(self) -> dict[str, Member]:
         return {n: m for n, m in self.members.items() if n != self.host}
+
+
+def boot_oses(profile: Profile, host: str) -> tuple[str, ...]:
+    """The OSes of a host's own boot menu, default first (ISOs stay on the stick)."""
+    if host not in profile.hosts:
+        return ()
+    return tuple(o for o in profile.oses_of_host(host) if profile.oses[o].is_debian)
 
 
 def _read_json(path: Path) -> Any:
@@ -150,11 +159,14 @@ def load(etc: Path = ETC) -> AgentConfig:
         hdef = profile.hosts.get(name)
         role = hdef.role if hdef else None
         members[name] = Member(name, ipaddress.IPv6Address(entry["address"]), str(entry["wg_public"]),
-                               role, hdef.lan_address if hdef else None, role_exports(profile, role))
+                               role, hdef.lan_address if hdef else None, role_exports(profile, role),
+                               hdef.board if hdef else None, boot_oses(profile, name))
     if host not in members:
         # The register is what peers know; this host's own facts come from its identity.
         members[host] = Member(host, ident.address, ident.wg_public, facts.get("role"),
-                               facts.get("address"), role_exports(profile, facts.get("role")))
+                               facts.get("address"), role_exports(profile, facts.get("role")),
+                               profile.hosts[host].board if host in profile.hosts else None,
+                               boot_oses(profile, host))
     fusion = profile.cluster.fusion
     own_role = profile.roles.get(facts.get("role") or "")
     return AgentConfig(
@@ -166,5 +178,4 @@ def load(etc: Path = ETC) -> AgentConfig:
         policy=Policy.from_profile(facts.get("role"), {n: h.role for n, h in profile.hosts.items()},
                                    {n: r.control for n, r in profile.roles.items()},
                                    [(u.name, u.uid, u.groups) for u in profile.cluster.users]),
-        boot_oses=tuple(o for o in (profile.oses_of_host(host) if host in profile.hosts else ())
-                        if profile.oses[o].is_debian))
+        boot_oses=boot_oses(profile, host))

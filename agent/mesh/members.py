@@ -40,7 +40,8 @@ class Membership:
             me = name == cfg.host
             self.entries[name] = {
                 "host": name, "role": m.role, "mesh": str(m.mesh), "lan": m.lan,
-                "exports": dict(m.exports), "self": me, "online": me, "state": "self" if me else "unknown",
+                "exports": dict(m.exports), "board": m.board, "oses": list(m.oses), "self": me, "online": me,
+                "state": "self" if me else "unknown",
                 "path": None if me else str(cfg.namespace / name), "endpoint": None, "since": self.started,
                 "reason": None,
             }
