@@ -376,6 +376,7 @@ class Role:
     match: HostSelector
     trust_root: tuple[str, ...]  # exports where a peer's root stays root (agent.ninep.creds)
     control: tuple[str, ...] = ()  # roles whose hosts this role's hosts may control (agent/control.py)
+    kiosk: str | None = None  # manage: the manager full-screen on the host's monitor (agent/kiosk.py)
     description: str | None = None
     extends: str | None = None  # merged away by composition; kept should a document carry it
 
@@ -385,14 +386,15 @@ class Role:
         r = cls(extends=o.text("extends", required=False), description=o.text("description", required=False),
                 os=o.texts("os"), packages=o.texts("packages"), overlays=o.texts("overlays"),
                 exports=o.named("exports", _str_value), volumes=o.named("volumes", Volume.from_json),
-                match=o.open("match"), trust_root=o.texts("trust_root"), control=o.texts("control"))
+                match=o.open("match"), trust_root=o.texts("trust_root"), control=o.texts("control"),
+                kiosk=o.text("kiosk", required=False))
         o.done()
         return r
 
     def to_json(self) -> dict[str, Any]:
         return _out({"extends": self.extends, "description": self.description, "os": self.os,
                      "packages": self.packages, "overlays": self.overlays, "exports": dict(self.exports),
-                     "trust_root": self.trust_root, "control": self.control,
+                     "trust_root": self.trust_root, "control": self.control, "kiosk": self.kiosk,
                      "volumes": {k: v.to_json() for k, v in self.volumes.items()},
                      "match": copy.deepcopy(self.match)})
 

@@ -10,6 +10,7 @@ The profile copy (profiles/vesa-wall.yaml, changed only where a lab needs it):
 - a lab overlay on every host with the serial shell's guest files (testdriver.shell.GUEST_FILES:
   root logs in on the serial console, ``t`` runs a command and prints its result as one
   ``CLUSTERCTL {"event": "t", ...}`` line, kernel messages stay off the console);
+- the screens are kiosks (roles.screen.kiosk: manage): the manager on their monitors;
 - on vault, the storage role's drive is the profile's own volume (roles.storage.volumes: a
   4 TB disk formatted when blank and mounted at /srv/drive before the agent starts), mounted
   without background inode-table zeroing. Its second port has no cable (no carrier), so the
@@ -138,6 +139,8 @@ def write_profile(dest: Path, *, foreign: bool = False, bench: bool = False) -> 
     data["cluster"]["users"] = [{"name": "alice", "groups": []}, {"name": "bob", "uid": 2001, "groups": []}]
     # A German keyboard on the lab's screens: the test sees cluster.keymap reach the console.
     data["cluster"]["keymap"] = "de"
+    # The screens show the cluster manager on their monitors (roles.<role>.kiosk).
+    data["roles"]["screen"]["kiosk"] = "manage"
     hosts = (*LAB_HOSTS, FOREIGN_HOST) if foreign else LAB_HOSTS
     data["images"] = {h: {"type": "disk", "host": h, "size": "4GiB"} for h in hosts}
     path = dest / ("vesa-wall-foreign.yaml" if foreign else "vesa-wall-lab.yaml")

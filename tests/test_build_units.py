@@ -214,3 +214,26 @@ def test_the_screens_keyboard_is_the_profiles_keymap() -> None:
     assert "ExecStart=/usr/bin/loadkeys de\n" in unit
     assert "Before=clusterctl-firstboot.service getty@tty1.service" in unit
     assert entries["etc/systemd/system/multi-user.target.wants/clusterctl-keymap.service"].kind == "link"
+
+
+def test_a_kiosk_role_gets_the_manager_on_its_first_terminal_and_others_a_login() -> None:
+    """roles.<role>.kiosk: manage: getty@tty1 runs ``clusterctl manage --viewer`` as the unprivileged
+    clusterctl-kiosk user; every other host (and the stick's own system) keeps agetty there."""
+    data = load_profile(ROOT / "profiles" / "laptop-display.yaml").data
+    dropin = "etc/systemd/system/getty@tty1.service.d/clusterctl-kiosk.conf"
+    kiosks = [h for h, d in data["hosts"].items() if data["roles"][d["role"]].get("kiosk") == "manage"]
+    others = [h for h in data["hosts"] if h not in kiosks]
+    assert kiosks and others
+    for host in [*kiosks, *others, None]:
+        entries: dict[str, Entry] = {}
+        os_name = data["roles"][data["hosts"][host]["role"]]["os"][0] if host else next(iter(data["oses"]))
+        render_layer(ROOT / "overlays" / "base", template_context(data, os_name, "stick", host, [], "0"), entries)
+        text = entries[dropin].data.decode()
+        lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+        if host in kiosks:
+            assert "ExecStart=\n" in text and "ExecStart=/usr/bin/clusterctl manage --viewer\n" in text
+            assert "User=clusterctl-kiosk\n" in text and "root" not in "".join(lines)
+        else:
+            assert lines == [], (host, lines)  # only comments: agetty as Debian ships it
+        users = entries["usr/lib/sysusers.d/clusterctl-kiosk.conf"].data.decode()
+        assert users.splitlines()[-1].split()[:2] == ["u", "clusterctl-kiosk"]

@@ -314,6 +314,22 @@ def test_the_manager_shows_every_host_and_a_role_that_may_not_control_is_refused
     assert float(w1.succeed("cat /proc/uptime").split()[0]) > 60  # still up
 
 
+def test_a_kiosks_monitor_shows_the_manager_which_may_look_but_not_act(lab: Lab) -> None:
+    """The screens are kiosks in the lab: wall-1's monitor (read back by OCR) shows every host;
+    the viewer runs unprivileged, and its reboot key is refused on the screen."""
+    w1 = lab.machines["wall-1"]
+    shown = w1.wait_for_screen("3 of 3 hosts online", "vault", "storage", timeout=120)
+    assert "wall-2" in shown.replace(" ", "")
+    pid = w1.succeed("systemctl show -p MainPID --value getty@tty1.service").strip()
+    assert w1.succeed(f"ps -o user= -p {pid}").strip() == "clusterctl-kiosk"
+    assert "--viewer" in w1.succeed(f"cat /proc/{pid}/cmdline | tr '\\0' ' '")
+    mark = len(w1.events)
+    w1.send_chars("r")
+    w1.wait_for_screen("may look, not act", timeout=60)
+    time.sleep(2)
+    assert not [e for e in w1.events[mark:] if e.get("event") in ("ctl", "refused")]
+
+
 def test_a_screen_reboots_another_and_the_manager_sees_it_go_and_come_back(lab: Lab) -> None:
     """``clusterctl manage wall-2 reboot`` on wall-1 (a screen may control screens): wall-2's
     event names wall-1's root, and wall-1's ``manage --json`` shows wall-2 offline, then online."""

@@ -222,6 +222,9 @@ ROLE = Record(
               "roles whose hosts this role's hosts may control through their ctl files (reboot, poweroff, "
               "boot another OS once, systemd units, wake): root or a person of the sudo group on a host of "
               "this role asks, the target agrees; everyone else may look but not act", default=[]),
+        Field("kiosk", Choice(("manage",)),
+              "what the role's hosts show full-screen on their own monitor from boot: manage (the cluster "
+              "manager, as an unprivileged viewer that may look but not act); none: a login prompt"),
         Field("volumes", MapOf(VOLUME, key=VOLUME_NAME, what="volume"),
               "data disks formatted when blank and mounted at every boot: name → path and disk", default={}),
         Field("match", HOST_SELECTOR, "how first boot recognises a host of this role", default={}),
