@@ -403,10 +403,12 @@ def test_bios_boots_the_entry_typed_at_the_prompt(built: dict[str, Any], tmp_pat
 def _guest_bytes(disk: Path, offset: int, length: int, tmp: Path) -> bytes:
     """Bytes of a machine's disk as the guest sees it (its qcow2 overlay over the image)."""
     out = tmp / "dd.out"
+    # qemu-img dd counts the skipped blocks in count.
     subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", f"skip={offset // 512}",
-                    f"count={length // 512}", f"if={disk}", f"of={out}"], check=True, capture_output=True)
+                    f"count={(offset + length) // 512}", f"if={disk}", f"of={out}"], check=True, capture_output=True)
     data = out.read_bytes()
     out.unlink()
+    assert len(data) == length, f"read {len(data)} of {length} bytes at {offset}"
     return data
 
 
@@ -434,6 +436,7 @@ def test_the_next_boot_only_runs_the_os_named_and_the_loader_clears_it(built: di
         overlay = tmp_path / "vm" / "stick.qcow2"
         after = b"".join(_guest_bytes(overlay, at, 512, tmp_path) for at in where)
         if uefi:
+            assert after.startswith(bootonce.GRUBENV_HEAD), after[:80]
             assert bootonce.parse_grubenv(after).get("next_entry", "") == "", after[:80]
         else:
             assert bootonce.parse_adv(after) == {}, "syslinux did not clear its boot-once command"
