@@ -375,7 +375,7 @@ class Role:
     volumes: Mapping[str, Volume]
     match: HostSelector
     trust_root: tuple[str, ...]  # exports where a peer's root stays root (agent.ninep.creds)
-    control: tuple[str, ...] = ()  # roles whose hosts this role's hosts may control (agent/control.py)
+    control: tuple[str, ...]  # roles whose hosts this role's hosts may control (agent/control.py)
     kiosk: str | None = None  # manage: the manager full-screen on the host's monitor (agent/kiosk.py)
     description: str | None = None
     extends: str | None = None  # merged away by composition; kept should a document carry it

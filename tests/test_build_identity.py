@@ -323,7 +323,8 @@ def test_first_boot_installs_the_chosen_hosts_identity(tmp_path: Path) -> None:
         fs.write_files(files)
     disk = blank(tmp_path / "nvme.img")
     install(request(stick, disk, "right"), disk_name="/dev/sda")
-    assert_installed(stick, disk, "right")  # and the stick's other hosts' folders are gone
+    key = (folders["right"] / ident.HOST_KEY).read_bytes()
+    assert_installed(stick, disk, "right", key)  # and the stick's other hosts' folders are gone
     for o in ("stable",):
         p = part(disk, f"root-{o}")
         assert mode(disk, p, "/etc/clusterctl/identity") == 0o700

@@ -103,8 +103,9 @@ def run_cli(stick: Path, target: Path, host: str = "left", *extra: str) -> tuple
     return proc.returncode, events
 
 
-def assert_installed(stick: Path, disk: Path, host: str = "left") -> None:
-    """The whole end state of an install of ``host``: layout, boot, file systems, identity."""
+def assert_installed(stick: Path, disk: Path, host: str = "left", identity_key: bytes | None = None) -> None:
+    """The whole end state of an install of ``host``: layout, boot, file systems, identity
+    (``identity_key``: its host.key, when the stick holds another than the test stick's own)."""
     role = HOSTS[host]
     systems = [o for o in ROLE_OSES[role] if o != "rescue"]
     pt = table(disk)
@@ -148,7 +149,8 @@ def assert_installed(stick: Path, disk: Path, host: str = "left") -> None:
         assert cat(disk, p, "/etc/ssh/ssh_host_ed25519_key") == f"PRIVATE KEY OF {host}\n"
         assert mode(disk, p, "/etc/ssh/ssh_host_ed25519_key") == 0o600
         assert mode(disk, p, "/etc/ssh/ssh_host_ed25519_key.pub") == 0o644
-        assert cat(disk, p, "/etc/clusterctl/identity/host.key") == f"IDENTITY KEY OF {host}\n"
+        key = identity_key if identity_key is not None else f"IDENTITY KEY OF {host}\n".encode()
+        assert cat(disk, p, "/etc/clusterctl/identity/host.key") == key.decode()
         assert mode(disk, p, "/etc/clusterctl/identity/host.key") == 0o600
         assert mode(disk, p, "/etc/clusterctl/identity") & 0o7777 == 0o700
         assert cat(disk, p, "/etc/machine-id") == ""
