@@ -99,6 +99,7 @@ class Screen:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.confirm: str | None = None  # the action waiting for 'y'
+        self.choosing: list[str] = []  # the OSes offered after 'b'
         self.live: Any = None
 
     def draw(self, snap: dict[str, Any] | None = None) -> None:
@@ -139,7 +140,14 @@ class Screen:
 
     def key(self, k: str) -> None:
         names = [h["host"] for h in self.snap["hosts"]]
-        if self.confirm is not None:
+        if self.choosing:
+            oses, self.choosing = self.choosing, []
+            if k.isdigit() and 1 <= int(k) <= len(oses) and self.selected:
+                self.confirm = f"boot {oses[int(k) - 1]}"
+                self.message = f"{self.confirm} on {self.selected}'s next boot only? y/n"
+            else:
+                self.message = "cancelled"
+        elif self.confirm is not None:
             action, self.confirm = self.confirm, None
             if k.lower() == "y" and self.selected:
                 self.message = act(self.namespace, self.selected, action) or f"{self.selected}: {action} sent"
@@ -151,9 +159,14 @@ class Screen:
             i = names.index(self.selected) if self.selected in names else 0
             self.selected = names[(i + (-1 if k in ("\x1b[A", "k") else 1)) % len(names)]
             self.message = ""
-        elif k in ("r", "p") and self.selected:
+        elif k in ("r", "p", "b") and self.selected:
+            oses = next((h.get("oses") or [] for h in self.snap["hosts"] if h["host"] == self.selected), [])
             if self.viewer:
                 self.message = "this screen may look, not act"
+            elif k == "b":
+                self.choosing = oses
+                self.message = "boot which OS next time only? " + "  ".join(
+                    f"{i + 1}: {o}" for i, o in enumerate(oses)) + "  (any other key: cancel)"
             else:
                 self.confirm = "reboot" if k == "r" else "poweroff"
                 self.message = f"{self.confirm} {self.selected}? y/n"

@@ -103,7 +103,7 @@ def detail(h: dict[str, Any], now: float | None = None) -> Panel:
     return Panel("\n".join(lines), title=h["host"], title_align="left")
 
 
-KEYS = "up/down: pick a host   r: reboot   p: power off   s: svc restart UNIT   q: quit"
+KEYS = "up/down: pick a host   r: reboot   p: power off   b: boot an OS next time only   q: quit"
 
 
 def screen(snap: dict[str, Any], selected: str | None, message: str = "") -> Group:

@@ -264,6 +264,12 @@ def test_the_live_view_changes_when_a_peer_sends_an_event(lab: tuple[Path, dict[
         shown("? y/n")
         os.write(master, b"n")
         shown("cancelled")
+        os.write(master, b"b")  # the OSes of the picked host's menu, then a number, then y/n
+        shown("boot which OS next time only? 1: stable")
+        os.write(master, b"1")
+        shown("boot stable on")
+        os.write(master, b"n")
+        shown("cancelled")
         os.write(master, b"q")
         deadline = time.monotonic() + 20
         while view.poll() is None and time.monotonic() < deadline:  # keep reading: a full pty blocks its writer
