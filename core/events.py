@@ -9,6 +9,7 @@ This module must run under Debian's python3 inside images: standard library only
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, TextIO
 
@@ -49,3 +50,22 @@ def parse_line(line: str) -> dict[str, Any] | None:
     if not isinstance(value, dict) or not isinstance(value.get("event"), str):
         return None
     return value
+
+
+# A kernel message printed in the middle of an event line: its timestamp up to the line's end.
+_KERNEL_MESSAGE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*$")
+
+
+def mend_torn(torn: str, following: str) -> dict[str, Any] | None:
+    """An event line the kernel cut in two (a printk to the same console, ending the line with
+    its own message) put back together: ``torn`` without the kernel's message, then the line
+    that follows. None when that does not make an event."""
+    start = torn.find(_MARK)
+    if start < 0:
+        return None
+    cut = None
+    for m in _KERNEL_MESSAGE.finditer(torn, start):
+        cut = m.start()
+    if cut is None:
+        return None
+    return parse_line(torn[:cut] + following)

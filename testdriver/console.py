@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.events import parse_line
+from core.events import PREFIX, mend_torn, parse_line
 
 Event = dict[str, Any]
 
@@ -43,6 +43,7 @@ class Console:
         self.closed = False
         self._partial = b""
         self._partial_marked = False  # the partial line's kernel mark was already taken into in_kernel
+        self._torn: str | None = None  # an event line a kernel message cut short
         self.last_output = time.monotonic()
         self.in_kernel = False  # between KERNEL_START and KERNEL_DONE
         self.watchdog: Callable[[], None] | None = None  # called while someone waits
@@ -107,6 +108,9 @@ class Console:
         if not marked:
             self._kernel_mark(text)
         event = parse_line(text)
+        if event is None and self._torn is not None:
+            event = mend_torn(self._torn, text)
+        self._torn = text if event is None and PREFIX + "{" in text else None  # mended with the next line
         if event is not None:
             self.in_kernel = False
             self.events.append(event)

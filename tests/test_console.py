@@ -56,6 +56,24 @@ def test_a_banner_without_its_newline_arms_the_watchdog(wire: tuple[socket.socke
     assert console.line_count == 4
 
 
+def test_an_event_line_cut_by_a_kernel_message_is_mended(wire: tuple[socket.socket, Console]) -> None:
+    """As the rescue system's console showed it: a printk lands in the middle of the ``ready``
+    line and ends it; the event's rest comes on the next line."""
+    guest, console = wire
+    guest.sendall(b'[   18.771583] python3[204]: CLUSTERCTL {"event": "ready", "os": "rescue", "firmware": '
+                  b'{"mode": "uefi", "se[   18.730807] sd 6:0:0:0: [sda] Write Protect is off\r\n'
+                  b'tup_mode": false}}\r\n[   18.746491] sd 6:0:0:0: [sda] Write cache: enabled\r\n'
+                  b'CLUSTERCTL {"event": "after"}\r\n')
+    assert settle(console, lambda: len(console.events) == 2)
+    assert console.events == [{"event": "ready", "os": "rescue", "firmware": {"mode": "uefi", "setup_mode": False}},
+                              {"event": "after"}]
+    # A torn line whose rest never comes stays no event; the lines after it are read as usual.
+    guest.sendall(b'CLUSTERCTL {"event": "lost", "a[    19.1] usb 1-1: new device\r\nplain text\r\n'
+                  b'CLUSTERCTL {"event": "last"}\r\n')
+    assert settle(console, lambda: len(console.events) == 3)
+    assert console.events[-1] == {"event": "last"}
+
+
 def test_the_end_of_the_kernel_in_a_partial_line_disarms(wire: tuple[socket.socket, Console]) -> None:
     guest, console = wire
     guest.sendall(BANNER + b"\r\n[    2.1] Run /init as in")

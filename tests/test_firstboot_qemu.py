@@ -345,7 +345,10 @@ def installed_file(disk: Path, work: Path, path: str) -> bytes:
     table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
     root = next(p for p in table["partitions"] if p.get("name") == "root-stable")
-    out = subprocess.run(["debugfs", "-R", f"cat {path}", f"{raw}?offset={root['start'] * 512}"],
-                         capture_output=True, check=True).stdout
+    fs = f"{raw}?offset={root['start'] * 512}"
+    # The machine was stopped, not shut down: its journal is replayed first (debugfs does not).
+    subprocess.run(["e2fsck", "-fy", fs], capture_output=True)
+    got = subprocess.run(["debugfs", "-R", f"cat {path}", fs], capture_output=True, check=True)
     raw.unlink()
-    return out
+    assert got.stdout, f"debugfs read nothing of {path}: {got.stderr.decode(errors='replace')[-500:]}"
+    return got.stdout

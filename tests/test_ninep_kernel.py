@@ -125,9 +125,9 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, 
 def test_mount_and_namespace(guest: tuple[dict[str, tuple[int, str]], Path]) -> None:
     r, _base = guest
     assert r["mount"][0] == 0, r["mount"]
-    assert set(r["ls_root"][1].split("|")) == {"ctl", "events", "fs", "hw", "os", "status", "svc"}
+    assert set(r["ls_root"][1].split("|")) == {"ctl", "events", "fs", "hw", "os", "recent", "status", "svc"}
     assert r["ls_fs"][1].split("|") == ["data", "ro"]
-    assert r["dotdot"][1].split("|") == ["ctl", "events", "fs", "hw", "os", "status", "svc"]
+    assert r["dotdot"][1].split("|") == ["ctl", "events", "fs", "hw", "os", "recent", "status", "svc"]
     assert r["umount"][0] == 0
 
 
