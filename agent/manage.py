@@ -51,16 +51,10 @@ def _recent(path: Path) -> list[dict[str, Any]]:
 
 def _local_state(exports: dict[str, str]) -> dict[str, Any]:
     facts = osinfo.facts()
-    space: dict[str, Any] = {}
-    for name, path in {"/": "/", **exports}.items():
-        try:
-            st = os.statvfs(path)
-            space[name] = {"size": st.f_blocks * st.f_frsize, "used": (st.f_blocks - st.f_bfree) * st.f_frsize}
-        except OSError:
-            space[name] = None
     return {"os": osinfo.running_os(), "uptime": facts["uptime"], "load": facts["load"]["1"],
-            "memory": facts["memory"], "space": space,
-            "failed_units": sorted(u["name"] for u in svc.units() if u["active"] == "failed"), "recent": []}
+            "memory": facts["memory"],
+            "space": {name: osinfo.space(path) for name, path in {"/": "/", **exports}.items()},
+            "failed_units": svc.failed(svc.units()), "recent": []}
 
 
 def peer_state(path: Path) -> dict[str, Any]:

@@ -118,8 +118,8 @@ class AgentNamespace:
             # What a manager shows of the host (agent/manage.py): the system it runs, its units
             # that failed, and how full its root and its exports are.
             "os": osinfo.running_os(),
-            "failed_units": sorted(u["name"] for u in self._units() if u["active"] == "failed"),
-            "space": {"/": _space("/"), **{e.name: _space(e.path) for e in self.exports.values()}},
+            "failed_units": svc.failed(self._units()),
+            "space": {"/": osinfo.space("/"), **{e.name: osinfo.space(e.path) for e in self.exports.values()}},
         }
 
     def _units(self) -> list[dict[str, Any]]:
@@ -254,15 +254,6 @@ def _systemctl_power(verb: str) -> None:
     proc = subprocess.run(["systemctl", "--no-block", verb], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise RuntimeError(f"systemctl {verb}: {proc.stderr.strip() or proc.returncode}")
-
-
-def _space(path: str) -> dict[str, int] | None:
-    """Bytes in all and in use of the file system holding ``path``."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return {"size": st.f_blocks * st.f_frsize, "used": (st.f_blocks - st.f_bfree) * st.f_frsize}
 
 
 def _const(data: bytes) -> Callable[[], bytes]:

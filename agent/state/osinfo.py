@@ -62,3 +62,12 @@ def running_os(path: str = HOST_FACTS) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return str(value) if value else None
+
+
+def space(path: str) -> dict[str, int] | None:
+    """Bytes in all and in use of the file system holding ``path`` (None when it cannot be read)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return {"size": st.f_blocks * st.f_frsize, "used": (st.f_blocks - st.f_bfree) * st.f_frsize}

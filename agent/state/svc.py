@@ -34,6 +34,11 @@ def units() -> list[dict[str, Any]]:
     return result
 
 
+def failed(listed: list[dict[str, Any]]) -> list[str]:
+    """The names of the units that failed, sorted."""
+    return sorted(u["name"] for u in listed if u["active"] == "failed")
+
+
 def control(unit: str, verb: str) -> None:
     """Queue a start/stop/restart/reload job (--no-block: the reply does not wait for it)."""
     if verb not in VERBS:

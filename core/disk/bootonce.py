@@ -138,23 +138,16 @@ class EspLocator:
 
 def set_grub_next(disk: str, os_name: str | None) -> None:
     """GRUB (UEFI): boot ``os_name`` next time only (None: clear)."""
-    esp = EspLocator(disk)
+    block = grubenv_block({"next_entry": os_name} if os_name else {})
     with tempfile.TemporaryDirectory(prefix="clusterctl-bootonce.") as tmp:
-        local = os.path.join(tmp, "grubenv")
-        with open(local, "wb") as f:
-            f.write(grubenv_block({"next_entry": os_name} if os_name else {}))
-        run(STAGE, ["mcopy", "-o", "-Q", "-i", fat(disk, esp.offset), local, f"::/{GRUBENV}"], env=MTOOLS_ENV)
+        EspLocator(disk).fat.write(GRUBENV, block.decode("ascii"), tmp)
 
 
 def grub_next(disk: str) -> str | None:
-    esp = EspLocator(disk)
-    if GRUBENV.rsplit("/", 1)[1] not in esp.fat.names("/EFI/debian"):
+    fat_fs = EspLocator(disk).fat
+    if GRUBENV.rsplit("/", 1)[1] not in fat_fs.names("/EFI/debian"):
         return None
-    with tempfile.TemporaryDirectory(prefix="clusterctl-bootonce.") as tmp:
-        local = os.path.join(tmp, "grubenv")
-        run(STAGE, ["mcopy", "-n", "-i", fat(disk, esp.offset), f"::/{GRUBENV}", local], env=MTOOLS_ENV)
-        with open(local, "rb") as f:
-            return parse_grubenv(f.read()).get("next_entry") or None
+    return parse_grubenv(fat_fs.read(f"/{GRUBENV}").encode()).get("next_entry") or None
 
 
 def _adv_sectors(disk: str) -> list[int]:
